@@ -1,0 +1,192 @@
+"""`scarce`: validate and run benchmarks, make demo data, show reports.
+
+    scarce validate SPEC                 check a spec; errors name the field path and value
+    scarce run SPEC [--workers N] [--device cpu|cuda]
+    scarce data demo DEST                procedural demo dataset (not a benchmark)
+    scarce report REPORT                 print the Table-1 view of a report.json (path or URI)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from scarce.operator.spec import SpecError, load_spec, spec_warnings
+from scarce.trainer.report import TABLE_HEADER, table_rows
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _load(spec_path: Path):
+    try:
+        benchmark = load_spec(spec_path)
+    except SpecError as error:
+        err_console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    for warning in spec_warnings(benchmark):
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    return benchmark
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="Spec YAML file.")]) -> None:
+    """Check a ScarceBenchmark spec without running anything."""
+    from scarce.operator.plan import plan_benchmark
+
+    benchmark = _load(spec)
+    plan = plan_benchmark(benchmark, base_dir=spec.resolve().parent)
+    console.print(
+        f"{spec}: valid ScarceBenchmark {benchmark.name!r}: {len(plan.split)} dataset(s), "
+        f"arms {', '.join(benchmark.spec.resolved_arms)}, {benchmark.spec.seeds} seeds, "
+        f"{plan.total} units",
+        highlight=False,
+    )
+
+
+def print_report_table(report: dict[str, Any]) -> None:
+    """Print the report's Table-1 view."""
+    table = Table(title=f"SCARCE: {report['benchmark']} (hardest-class accuracy, %)")
+    for column in TABLE_HEADER:
+        table.add_column(column, justify="left" if column in TABLE_HEADER[:3] else "right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    log_dir: Annotated[Path | None, typer.Option(help="Worker logs (default: a temp dir).")] = None,
+) -> None:
+    """Run a benchmark on this machine: split, train every unit, reduce, print the table."""
+    import tempfile
+
+    from scarce.operator.local import ExecutorInterrupted, LocalExecutor
+    from scarce.operator.plan import plan_benchmark
+
+    if device not in ("cpu", "cuda"):
+        err_console.print(f"--device: must be cpu or cuda, got {device!r}")
+        raise typer.Exit(2)
+    benchmark = _load(spec)
+    plan = plan_benchmark(benchmark, base_dir=spec.resolve().parent)
+    logs = log_dir or Path(tempfile.gettempdir()) / f"scarce-{benchmark.name}-logs"
+    console.print(
+        f"benchmark {benchmark.name}: {plan.total} units "
+        f"({len(plan.split)} split, {len(plan.pilot)} pilot, {len(plan.train)} train, 1 reduce), "
+        f"{workers} worker(s) on {device}; store {plan.reduce.storage.uri}",
+        highlight=False,
+    )
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("units", total=plan.total)
+
+        def on_event(event: str, data: dict[str, Any]) -> None:
+            if event == "stage":
+                progress.update(task, description=f"{data['stage']:>6}")
+            elif event == "unit":
+                progress.advance(task)
+                if data["status"] == "failed":
+                    progress.console.print(
+                        f"[red]failed[/red] {data['key']}: {data.get('error')}", highlight=False
+                    )
+
+        executor = LocalExecutor(plan, workers=workers, device=device, log_dir=logs,
+                                 progress=on_event)
+        try:
+            outcome = executor.run()
+        except ExecutorInterrupted as error:
+            progress.stop()
+            err_console.print(f"[yellow]{error}[/yellow]")
+            raise typer.Exit(130) from None
+    console.print(
+        f"{outcome.count('done')} done, {outcome.count('skipped')} reused, "
+        f"{len(outcome.failed)} failed in {outcome.seconds:.1f}s",
+        highlight=False,
+    )
+    if outcome.report:
+        print_report_table(outcome.report)
+        console.print(
+            f"report: {plan.reduce.storage.uri}/reports/{benchmark.name}/report.json and "
+            "report.md",
+            highlight=False,
+        )
+    if outcome.failed:
+        err_console.print(f"{len(outcome.failed)} unit(s) failed; worker logs in {logs}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    location: Annotated[str, typer.Argument(help="report.json: a path or a store URI.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, md or json.")] = "table",
+) -> None:
+    """Show a report written by a run."""
+    from scarce.trainer.report import render_markdown
+    from scarce.trainer.store import StoreError, open_store
+
+    folder, _, name = location.rstrip("/").rpartition("/")
+    try:
+        document = open_store(folder or ".").get_json(name)
+    except StoreError as error:
+        err_console.print(str(error))
+        raise typer.Exit(1) from None
+    if fmt == "json":
+        console.print_json(json.dumps(document))
+    elif fmt == "md":
+        sys.stdout.write(render_markdown(document))
+    else:
+        print_report_table(document)
+
+
+@data_app.command("demo")
+def data_demo(
+    dest: Annotated[Path, typer.Argument(help="Folder to create.")],
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Generate the procedural demo dataset and a vendor drop (a demo, not a benchmark)."""
+    from scarce.trainer.datasets.demo import generate_demo
+
+    summary = generate_demo(dest, seed=seed)
+    counts = ", ".join(f"{c} {n}" for c, n in summary.counts.items())
+    vendor = ", ".join(f"{c} {n}" for c, n in summary.vendor_counts.items())
+    verb = "generated" if summary.generated else "already there"
+    console.print(
+        f"demo data {verb} in {summary.seconds:.1f}s: {summary.surfaces} ({counts}); "
+        f"vendor drop {summary.vendor_drop} ({vendor}). Procedural demo data, not a benchmark.",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Entry point of `scarce`."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Spec -> work units: split, pilot, train and reduce, with deterministic keys (pure, no I/O).
+
+The same plan drives the local executor and the Kubernetes operator. Units of the pilot and
+train stages need the split digest, known only once the split stage has run; `bind_digests`
+fills it in. Relative paths in the spec are resolved against the spec file's folder here, so
+every unit is self-contained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scarce.operator.spec import ScarceBenchmark
+from scarce.trainer.config import AUTO, PLACEBO_ARM, REAL_ARM, DatasetConfig, SyntheticConfig
+from scarce.trainer.unit import StorageConfig, WorkUnit
+
+
+@dataclass(frozen=True)
+class Plan:
+    """All units of a benchmark, by stage, in execution order."""
+
+    benchmark: str
+    split: list[WorkUnit]
+    pilot: list[WorkUnit]
+    train: list[WorkUnit]
+    reduce: WorkUnit
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[tuple[str, list[WorkUnit]]]:
+        """(stage name, units) in the order they must run."""
+        return [
+            ("split", self.split),
+            ("pilot", self.pilot),
+            ("train", self.train),
+            ("reduce", [self.reduce]),
+        ]
+
+    @property
+    def total(self) -> int:
+        """Number of units in the plan."""
+        return len(self.split) + len(self.pilot) + len(self.train) + 1
+
+
+def resolve_uri(uri: str, base_dir: Path | None) -> str:
+    """Absolute file:/// URI for a local path (relative to base_dir); other URIs unchanged."""
+    if uri.startswith(("s3://", "file:///")):
+        return uri
+    path = Path(uri).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    return "file://" + str(path.resolve())
+
+
+def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) -> Plan:
+    """Expand a validated spec into its units.
+
+    Train units: dataset × arm × seed on the whole training pool, then, for the few-shot
+    study, dataset × (real and every synthetic arm) × k × seed.
+    """
+    spec = benchmark.spec
+    name = benchmark.name
+    storage = spec.storage.unit_storage()
+    storage = StorageConfig(
+        uri=resolve_uri(storage.uri, base_dir), endpoint=storage.endpoint, secure=storage.secure
+    )
+    datasets = [
+        d.model_copy(update={"source": resolve_uri(d.source, base_dir)}) for d in spec.datasets
+    ]
+    synthetic = [
+        s.model_copy(update={"uri": resolve_uri(s.uri, base_dir) if s.uri else None})
+        for s in spec.synthetic
+    ]
+    arms = spec.resolved_arms
+
+    def unit(stage: str, dataset: DatasetConfig | None, **extra: object) -> WorkUnit:
+        return WorkUnit(
+            stage=stage,  # type: ignore[arg-type]
+            benchmark=name,
+            storage=storage,
+            datasets=[dataset] if dataset else datasets,
+            model=spec.model,
+            schedule=spec.schedule,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    split = [unit("split", d, synthetic=_sources_for(d, synthetic)) for d in datasets]
+    pilot = [
+        unit("pilot", d, arm=REAL_ARM, seed=seed)
+        for d in datasets
+        if d.hardest_class == AUTO
+        for seed in range(spec.pilot_seeds)
+    ]
+    train = []
+    for d in datasets:
+        for arm in arms:
+            for seed in range(spec.seeds):
+                train.append(
+                    unit("train", d, arm=arm, seed=seed,
+                         placebo_source=spec.placebo_source if arm == PLACEBO_ARM else None)
+                )
+        for k in spec.few_shot:
+            for arm in [a for a in arms if a != PLACEBO_ARM]:
+                for seed in range(spec.seeds):
+                    train.append(unit("train", d, arm=arm, seed=seed, k=k))
+    reduce = unit("reduce", None, arms=arms, seeds=spec.seeds)
+    return Plan(benchmark=name, split=split, pilot=pilot, train=train, reduce=reduce)
+
+
+def _sources_for(dataset: DatasetConfig, synthetic: list[SyntheticConfig]) -> list[SyntheticConfig]:
+    # Every source applies to every dataset for now; a per-source dataset filter would go here.
+    return list(synthetic)
+
+
+def bind_digests(units: list[WorkUnit], digests: dict[str, str]) -> list[WorkUnit]:
+    """Give every unit the split digest of its dataset (after the split stage ran)."""
+    bound = []
+    for u in units:
+        digest = digests.get(u.dataset.name)
+        if digest is None:
+            raise KeyError(f"no split digest for dataset {u.dataset.name!r}")
+        bound.append(u.model_copy(update={"split_digest": digest}))
+    return bound

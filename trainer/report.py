@@ -1,0 +1,109 @@
+"""Report rendering: the Table 1 rows and report.md (torch-free, no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TABLE_HEADER = (
+    "Dataset",
+    "Hardest class",
+    "Arm",
+    "Real-only",
+    "+Arm",
+    "Gain (pp)",
+    "z",
+    "vs placebo (pp)",
+    "z vs placebo",
+    "n",
+)
+
+
+def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per dataset and non-real arm, in the layout of the report's Table 1."""
+    rows = []
+    for ds in report["datasets"]:
+        arms = ds["arms"]
+        real = arms.get("real", {}).get("mean")
+        by_pair = {(c["arm"], c["baseline"]): c for c in ds["comparisons"]}
+        for arm in arms:
+            if arm == "real":
+                continue
+            vs_real = by_pair.get((arm, "real"), {})
+            vs_placebo = by_pair.get((arm, "placebo"), {})
+            rows.append(
+                (
+                    ds["dataset"],
+                    ds["hardestClass"],
+                    arm,
+                    _fmt(real),
+                    _fmt(arms[arm].get("mean")),
+                    _fmt(vs_real.get("gainPp"), signed=True),
+                    _fmt(vs_real.get("z")),
+                    _fmt(vs_placebo.get("gainPp"), signed=True) if vs_placebo else "-",
+                    _fmt(vs_placebo.get("z")) if vs_placebo else "-",
+                    str(vs_real.get("n", arms[arm].get("n", 0))),
+                )
+            )
+    return rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: Table 1, then per-dataset notes (degenerate statistics, class selection)."""
+    lines = [
+        f"# SCARCE report: {report['benchmark']}",
+        "",
+        "Accuracy (recall, %) on the hardest class of each dataset, on its frozen, real-only "
+        "test split, paired by seed. Gain is the mean per-seed difference in percentage points; "
+        f"{report['statistic']}.",
+        "",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "---|" * len(TABLE_HEADER),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    lines.append("")
+    for ds in report["datasets"]:
+        notes = [
+            f"- {c['arm']} vs {c['baseline']}: {c['note']}" for c in ds["comparisons"] if c["note"]
+        ]
+        notes += [
+            f"- {c['arm']} vs {c['baseline']}: seeds {c['unpairedSeeds']} have no pair and "
+            "were dropped"
+            for c in ds["comparisons"]
+            if c["unpairedSeeds"]
+        ]
+        selection = ds.get("hardestClassSelection")
+        if selection:
+            evidence = ", ".join(
+                f"{cls} {ev['meanValAccuracy']:.1f}% ({ev['trainLabels']} labels)"
+                for cls, ev in selection["evidence"].items()
+            )
+            notes.append(
+                f"- hardest class chosen by the pilot on the validation split (seeds "
+                f"{selection['pilotSeeds']}): {selection['chosen']}; {evidence}"
+            )
+        if notes:
+            lines += [f"## {ds['dataset']}", "", *notes, ""]
+        lines += [
+            f"Per-seed hardest-class accuracy ({ds['dataset']}, {ds['hardestClass']}):",
+            "",
+            "| Arm | " + " | ".join(f"seed {s}" for s in _seeds(ds)) + " | mean | sd |",
+            "|---|" + "---|" * (len(_seeds(ds)) + 2),
+        ]
+        for arm, summary in ds["arms"].items():
+            cells = [_fmt(summary["perSeed"].get(str(s))) for s in _seeds(ds)]
+            lines.append(
+                f"| {arm} | " + " | ".join(cells)
+                + f" | {_fmt(summary['mean'])} | {_fmt(summary['sd'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _seeds(ds: dict[str, Any]) -> list[int]:
+    return sorted({int(s) for arm in ds["arms"].values() for s in arm["perSeed"]})

@@ -1,0 +1,71 @@
+"""Packed uint8 shards: images decoded once, at the model's size, stored beside the manifest.
+
+No unit decodes an image per epoch: the split unit decodes every image once into a
+``[N, C, S, S]`` uint8 array saved as an ``.npz`` next to the manifest, and training units
+load that one object. Each shard carries the digest of the manifest it was built from and is
+refused when that does not match the unit's split digest.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from scarce.trainer.splits import SplitIntegrityError
+from scarce.trainer.store import Store
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A loaded shard: images in manifest order and the manifest digest they belong to."""
+
+    images: np.ndarray  # uint8 [N, C, S, S]
+    manifest_digest: str
+
+
+def pack_shard(images: np.ndarray, manifest_digest: str) -> bytes:
+    """Serialise a shard (uncompressed: loading is a memcpy, and noise compresses poorly)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images, manifest_digest=np.array(manifest_digest))
+    return buffer.getvalue()
+
+
+def unpack_shard(data: bytes, *, expected_digest: str, where: str, count: int) -> Shard:
+    """Load a shard and check it belongs to the expected manifest and has `count` images."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            images = npz["images"]
+            found = str(npz["manifest_digest"])
+    except (ValueError, KeyError, OSError) as error:
+        raise SplitIntegrityError(f"shard {where} is unreadable: {error}") from error
+    if found != expected_digest:
+        raise SplitIntegrityError(
+            f"shard {where} belongs to manifest {found}, expected {expected_digest}; "
+            "refusing to train on it"
+        )
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != count:
+        raise SplitIntegrityError(
+            f"shard {where} holds {images.shape} {images.dtype}, expected {count} uint8 images"
+        )
+    return Shard(images=images, manifest_digest=found)
+
+
+def decode_all(
+    store: Store,
+    keys: Sequence[str],
+    decode: Callable[[bytes, str], np.ndarray],
+    *,
+    threads: int = 4,
+) -> np.ndarray:
+    """Read and decode every key (Pillow releases the GIL while decoding, so threads help)."""
+
+    def one(key: str) -> np.ndarray:
+        return decode(store.get_bytes(key, verify=False), key)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        arrays = list(pool.map(one, keys))
+    return np.stack(arrays)
