@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,18 +34,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets.")
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI) gets a wide console so the table is never cut to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _load(spec_path: Path):
     try:
         benchmark = load_spec(spec_path)
     except SpecError as error:
-        err_console.print(f"[red]{error}[/red]", highlight=False)
+        err_console.print(f"[red]{escape(str(error))}[/red]", highlight=False)
         raise typer.Exit(2) from None
     for warning in spec_warnings(benchmark):
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     return benchmark
 
 
@@ -67,7 +69,9 @@ def print_report_table(report: dict[str, Any]) -> None:
     """Print the report's Table-1 view."""
     table = Table(title=f"SCARCE: {report['benchmark']} (hardest-class accuracy, %)")
     for column in TABLE_HEADER:
-        table.add_column(column, justify="left" if column in TABLE_HEADER[:3] else "right")
+        table.add_column(
+            column, justify="left" if column in TABLE_HEADER[:3] else "right", no_wrap=True
+        )
     for row in table_rows(report):
         table.add_row(*row)
     console.print(table)
@@ -112,7 +116,9 @@ def run(
                 progress.advance(task)
                 if data["status"] == "failed":
                     progress.console.print(
-                        f"[red]failed[/red] {data['key']}: {data.get('error')}", highlight=False
+                        f"[red]failed[/red] {escape(data['key'])}: "
+                        f"{escape(str(data.get('error')))}",
+                        highlight=False,
                     )
 
         executor = LocalExecutor(plan, workers=workers, device=device, log_dir=logs,
@@ -121,7 +127,7 @@ def run(
             outcome = executor.run()
         except ExecutorInterrupted as error:
             progress.stop()
-            err_console.print(f"[yellow]{error}[/yellow]")
+            err_console.print(f"[yellow]{escape(str(error))}[/yellow]")
             raise typer.Exit(130) from None
     console.print(
         f"{outcome.count('done')} done, {outcome.count('skipped')} reused, "

@@ -73,6 +73,14 @@ def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) 
         for s in spec.synthetic
     ]
     arms = spec.resolved_arms
+    source_by_name = {s.name: s for s in synthetic}
+
+    def arm_sources(arm: str) -> list[SyntheticConfig]:
+        # The source an arm trains on is part of its unit, so changing a source invalidates
+        # exactly the results that used it (and never the real arm's).
+        if arm == PLACEBO_ARM:
+            return [source_by_name[spec.placebo_source]] if spec.placebo_source else []
+        return [source_by_name[arm]] if arm in source_by_name else []
 
     def unit(stage: str, dataset: DatasetConfig | None, **extra: object) -> WorkUnit:
         return WorkUnit(
@@ -97,13 +105,15 @@ def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) 
         for arm in arms:
             for seed in range(spec.seeds):
                 train.append(
-                    unit("train", d, arm=arm, seed=seed,
+                    unit("train", d, arm=arm, seed=seed, synthetic=arm_sources(arm),
                          placebo_source=spec.placebo_source if arm == PLACEBO_ARM else None)
                 )
         for k in spec.few_shot:
             for arm in [a for a in arms if a != PLACEBO_ARM]:
                 for seed in range(spec.seeds):
-                    train.append(unit("train", d, arm=arm, seed=seed, k=k))
+                    train.append(
+                        unit("train", d, arm=arm, seed=seed, k=k, synthetic=arm_sources(arm))
+                    )
     reduce = unit("reduce", None, arms=arms, seeds=spec.seeds)
     return Plan(benchmark=name, split=split, pilot=pilot, train=train, reduce=reduce)
 

@@ -26,6 +26,7 @@ from scarce.trainer.config import (
     ScheduleConfig,
     SyntheticConfig,
     check_name,
+    check_uri,
 )
 from scarce.trainer.unit import StorageConfig
 
@@ -66,13 +67,7 @@ class StorageSpec(StorageConfig):
     @field_validator("uri")
     @classmethod
     def _supported_uri(cls, value: str) -> str:
-        if "://" in value and not value.startswith(("file:///", "s3://")):
-            raise ValueError(
-                f"must be file:///absolute/path, s3://bucket/prefix or a path, got {value!r}"
-            )
-        if value.startswith("s3://") and len(value[5:].split("/", 1)[0]) < 3:
-            raise ValueError(f"s3 bucket name must have at least 3 characters, got {value!r}")
-        return value
+        return check_uri(value)
 
     def unit_storage(self) -> StorageConfig:
         """The part of the storage config that travels in work units (no credentials)."""
@@ -127,9 +122,9 @@ class BenchmarkSpec(ConfigModel):
     @field_validator("arms")
     @classmethod
     def _known_arms(cls, value: list[str] | None, info: Any) -> list[str] | None:
-        if value is None:
-            return value
-        sources = [s.name for s in info.data.get("synthetic") or []]
+        if value is None or "synthetic" not in info.data:
+            return value  # an invalid synthetic list is reported on its own, not as arm errors
+        sources = [s.name for s in info.data["synthetic"]]
         allowed = [REAL_ARM, PLACEBO_ARM, *sources]
         for arm in value:
             if arm not in allowed:
@@ -157,7 +152,9 @@ class BenchmarkSpec(ConfigModel):
     @field_validator("placebo_matches")
     @classmethod
     def _known_source(cls, value: str | None, info: Any) -> str | None:
-        sources = [s.name for s in info.data.get("synthetic") or []]
+        if "synthetic" not in info.data:
+            return value
+        sources = [s.name for s in info.data["synthetic"]]
         if value is not None and value not in sources:
             raise ValueError(
                 f"must name a synthetic source ({', '.join(sources) or 'none declared'}), "
@@ -200,7 +197,7 @@ class Metadata(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return check_name(value, "metadata.name")
+        return check_name(value)
 
 
 class ScarceBenchmark(ConfigModel):
@@ -328,6 +325,10 @@ def load_spec(path: Path) -> ScarceBenchmark:
         text = path.read_text()
     except OSError as error:
         raise SpecError([f"cannot read the file: {error.strerror}"], str(path)) from None
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            [f"not a UTF-8 text file (byte {error.start}: {error.reason})"], str(path)
+        ) from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:

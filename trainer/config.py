@@ -50,13 +50,24 @@ class ConfigModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def check_name(value: str, what: str = "name") -> str:
+def check_name(value: str) -> str:
     """Validate a DNS-label-like name used in object keys and Kubernetes labels."""
     if not _NAME_RE.match(value):
         raise ValueError(
-            f"{what} must be 1-40 lowercase letters, digits or '-', starting and ending "
+            "must be 1-40 lowercase letters, digits or '-', starting and ending "
             f"with a letter or digit, got {value!r}"
         )
+    return value
+
+
+def check_uri(value: str) -> str:
+    """Validate a data location: file:///abs, s3://bucket[/prefix] or a plain path."""
+    if "://" in value and not value.startswith(("file:///", "s3://")):
+        raise ValueError(
+            f"must be file:///absolute/path, s3://bucket/prefix or a path, got {value!r}"
+        )
+    if value.startswith("s3://") and len(value[5:].split("/", 1)[0]) < 3:
+        raise ValueError(f"s3 bucket name must have at least 3 characters, got {value!r}")
     return value
 
 
@@ -123,6 +134,11 @@ class DatasetConfig(ConfigModel):
     def _valid_name(cls, value: str) -> str:
         return check_name(value)
 
+    @field_validator("source")
+    @classmethod
+    def _supported_source(cls, value: str) -> str:
+        return check_uri(value)
+
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
@@ -164,6 +180,11 @@ class SyntheticConfig(ConfigModel):
         if value in RESERVED_ARMS:
             raise ValueError(f"{value!r} is reserved for the {value} arm; choose another name")
         return value
+
+    @field_validator("uri")
+    @classmethod
+    def _supported_uri(cls, value: str | None) -> str | None:
+        return None if value is None else check_uri(value)
 
     @field_validator("kind")
     @classmethod

@@ -1,0 +1,349 @@
+"""End to end on one machine: spec -> frozen split -> real trainer processes -> reducer -> report.
+
+These run the real `scarce-trainer` worker processes with real timm models on real image files
+(the procedural demo data, and the real Magnetic Tile images in ../shared), shrunk to a few
+epochs at small resolution so the whole module stays within a couple of minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from scarce.operator.local import LocalExecutor, RunOutcome
+from scarce.operator.plan import plan_benchmark
+from scarce.operator.spec import validate_document
+from scarce.trainer.datasets import generate_demo
+from scarce.trainer.store import open_store
+from scarce.trainer.unit import EXIT_PERMANENT
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+MAGNETIC_TILE = REPO.parent / "shared" / "datasets" / "magnetic-tile"
+FAST_SCHEDULE = {"epochs": 2, "batchSize": 32, "lr": 0.003}
+FAST_MODEL = {"backbone": "test_resnet", "imageSize": 32, "channels": 1}
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "data"
+    generate_demo(root, seed=0)
+    return root
+
+
+def demo_document(data: Path, store: str, **spec_overrides) -> dict:
+    """The shipped demo spec, pointed at test data and shrunk to a few seconds per unit."""
+    document = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    spec = document["spec"]
+    spec["storage"] = {"uri": store}
+    spec["datasets"][0]["source"] = str(data / "surfaces")
+    spec["synthetic"][0]["uri"] = str(data / "vendor-drop")
+    spec["synthetic"][0]["perClass"] = 12
+    spec["seeds"] = 3
+    spec["model"] = dict(FAST_MODEL)
+    spec["schedule"] = dict(FAST_SCHEDULE)
+    spec.update(spec_overrides)
+    return document
+
+
+def run_document(document: dict, tmp_path: Path, workers: int = 2) -> tuple[RunOutcome, object]:
+    plan = plan_benchmark(validate_document(document), base_dir=tmp_path)
+    outcome = LocalExecutor(plan, workers=workers, log_dir=tmp_path / "logs").run()
+    return outcome, plan
+
+
+def result_files(folder: Path) -> list[Path]:
+    """Result objects under a folder (not the store's sha256 sidecars, not pilot results)."""
+    return [
+        p for p in sorted(folder.rglob("seed*.json"))
+        if "pilot" not in p.parts and ".scarce-sha256" not in p.parts
+    ]
+
+
+def read_results(store_root: Path, bench: str, dataset: str) -> list[dict]:
+    folder = store_root / "results" / bench / dataset
+    return [json.loads(p.read_text()) for p in result_files(folder)]
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo-run")
+    store = tmp / "store"
+    outcome, plan = run_document(demo_document(demo_data, str(store)), tmp)
+    return outcome, plan, store, tmp
+
+
+def test_demo_run_writes_the_report_with_the_contract_fields(demo_run):
+    outcome, plan, store, _ = demo_run
+    assert not outcome.failed, outcome.failed
+    assert outcome.count("done") == plan.total
+    report = json.loads((store / "reports" / "demo" / "report.json").read_text())
+    assert (store / "reports" / "demo" / "report.md").read_text().startswith("# SCARCE report")
+    (dataset,) = report["datasets"]
+    assert dataset["dataset"] == "surfaces" and dataset["hardestClass"] == "pit"
+    assert set(dataset["arms"]) == {"real", "placebo", "vendor"}
+    for arm in dataset["arms"].values():
+        assert set(arm["perSeed"]) == {"0", "1", "2"}
+        assert {"mean", "sd"} <= set(arm)
+    pairs = {(c["arm"], c["baseline"]) for c in dataset["comparisons"]}
+    assert pairs == {("vendor", "real"), ("placebo", "real"), ("vendor", "placebo")}
+    for comparison in dataset["comparisons"]:
+        assert {"arm", "baseline", "gainPp", "z", "n"} <= set(comparison)
+        assert comparison["n"] == 3
+
+
+def test_report_per_seed_values_are_the_result_files_values(demo_run):
+    _, _, store, _ = demo_run
+    report = json.loads((store / "reports" / "demo" / "report.json").read_text())
+    per_seed = report["datasets"][0]["arms"]
+    results = read_results(store, "demo", "surfaces")
+    assert len(results) == 9
+    for result in results:
+        unit = result["unit"]
+        expected = result["perClassAccuracy"]["pit"]
+        assert per_seed[unit["arm"]]["perSeed"][str(unit["seed"])] == pytest.approx(expected)
+        matrix = np.array(result["confusionMatrix"])
+        pit = result["classes"].index("pit")
+        assert expected == pytest.approx(100 * matrix[pit, pit] / matrix[pit].sum())
+
+
+def test_report_z_equals_equation_1_recomputed_from_its_own_per_seed_values(demo_run):
+    _, _, store, _ = demo_run
+    dataset = json.loads((store / "reports" / "demo" / "report.json").read_text())["datasets"][0]
+    for comparison in dataset["comparisons"]:
+        arm = dataset["arms"][comparison["arm"]]["perSeed"]
+        base = dataset["arms"][comparison["baseline"]]["perSeed"]
+        d = [arm[s] - base[s] for s in sorted(arm)]
+        assert comparison["gainPp"] == pytest.approx(statistics.fmean(d), abs=1e-5)
+        if statistics.stdev(d) == 0:
+            assert comparison["z"] is None and "zero variance" in comparison["note"]
+        else:
+            z = statistics.fmean(d) / (statistics.stdev(d) / math.sqrt(len(d)))
+            assert comparison["z"] == pytest.approx(z, rel=1e-5)
+
+
+def test_placebo_adds_as_many_real_duplicates_as_the_vendor_adds_class_by_class(demo_run):
+    _, _, store, _ = demo_run
+    results = {(r["unit"]["arm"], r["unit"]["seed"]): r for r in
+               read_results(store, "demo", "surfaces")}
+    for seed in range(3):
+        vendor = results[("vendor", seed)]["trainComposition"]
+        placebo = results[("placebo", seed)]["trainComposition"]
+        real = results[("real", seed)]["trainComposition"]
+        assert vendor["synthetic"] == {"pit": 12, "scratch": 12, "spot": 12}
+        assert placebo["duplicated"] == vendor["synthetic"]
+        assert real["real"] == vendor["real"] == placebo["real"]
+        assert results[("placebo", seed)]["trainImages"] == results[("vendor", seed)]["trainImages"]
+
+
+def test_every_result_records_digest_config_timings_and_versions(demo_run):
+    _, _, store, _ = demo_run
+    split = json.loads((store / "results" / "demo" / "surfaces" / "split.json").read_text())
+    for result in read_results(store, "demo", "surfaces"):
+        assert result["splitDigest"] == split["splitDigest"]
+        assert result["unit"]["schedule"]["epochs"] == FAST_SCHEDULE["epochs"]
+        assert result["throughput"] > 0 and result["timings"]["train"] > 0
+        assert {"torch", "timm", "numpy", "python"} <= set(result["versions"])
+        assert result["evalRole"] == "test"
+
+
+def test_test_split_holds_only_real_images_never_seen_in_training(demo_run):
+    _, _, store, _ = demo_run
+    split = json.loads((store / "results" / "demo" / "surfaces" / "split.json").read_text())
+    manifest = json.loads((store / split["manifestKey"]).read_text())
+    test_sha = {i["sha256"] for i in manifest["items"] if i["role"] == "test"}
+    train_sha = {i["sha256"] for i in manifest["items"] if i["role"] != "test"}
+    synthetic = json.loads((store / split["synthetic"]["vendor"]["manifestKey"]).read_text())
+    assert not test_sha & train_sha
+    assert not test_sha & {i["sha256"] for i in synthetic["items"]}
+    assert all(i["key"].split("/")[0] == i["label"] for i in manifest["items"])
+
+
+def test_rerun_resumes_and_trains_nothing_again(demo_run, demo_data):
+    outcome, _, store, tmp = demo_run
+    before = {p: p.stat().st_mtime_ns for p in result_files(store / "results")}
+    again, plan = run_document(demo_document(demo_data, str(store)), tmp)
+    assert again.count("skipped") == plan.total - 1  # everything but the reducer
+    assert again.count("done") == 1
+    after = {p: p.stat().st_mtime_ns for p in result_files(store / "results")}
+    assert before == after
+    assert again.report == outcome.report
+
+
+def test_trainer_refuses_a_split_whose_manifest_was_changed(demo_run, tmp_path):
+    _, plan, store_root, _ = demo_run
+    split = json.loads((store_root / "results/demo/surfaces/split.json").read_text())
+    digest = split["splitDigest"]
+    tampered_store = tmp_path / "store"
+    subprocess.run(["cp", "-r", str(store_root), str(tampered_store)], check=True)
+    store = open_store(str(tampered_store))
+    manifest = store.get_json(split["manifestKey"])
+    manifest["items"][0]["role"] = "train" if manifest["items"][0]["role"] == "test" else "test"
+    store.put_json(split["manifestKey"], manifest)  # a well-formed object with other content
+    unit = plan.train[0].model_copy(
+        update={"split_digest": digest, "storage": plan.train[0].storage.model_copy(
+            update={"uri": f"file://{tampered_store}"})}
+    )
+    unit_file = tmp_path / "unit.json"
+    unit_file.write_text(json.dumps(unit.to_json_dict()))
+    for result in (tampered_store / "results").rglob("seed0.json"):
+        result.unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.trainer.cli", "train", "--unit", str(unit_file)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == EXIT_PERMANENT, proc.stderr
+    assert split["manifestKey"] in proc.stderr
+    assert digest in proc.stderr and "refusing to train" in proc.stderr
+    assert not (tampered_store / unit.result_key).exists()
+
+
+def test_trainer_refuses_a_shard_corrupted_on_disk(demo_run, tmp_path):
+    _, plan, store_root, _ = demo_run
+    split = json.loads((store_root / "results/demo/surfaces/split.json").read_text())
+    copy = tmp_path / "store"
+    subprocess.run(["cp", "-r", str(store_root), str(copy)], check=True)
+    shard = copy / split["shardKey"]
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    unit = plan.train[0].model_copy(update={
+        "split_digest": split["splitDigest"],
+        "storage": plan.train[0].storage.model_copy(update={"uri": f"file://{copy}"}),
+    })
+    (copy / unit.result_key).unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.trainer.cli", "train", "--unit-json",
+         json.dumps(unit.to_json_dict())],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == EXIT_PERMANENT, proc.stderr
+    assert "IntegrityError" in proc.stderr and split["shardKey"] in proc.stderr
+    assert not (copy / unit.result_key).exists()
+
+
+def test_interrupted_run_keeps_only_whole_results_and_resumes(demo_data, tmp_path):
+    store = tmp_path / "store"
+    document = demo_document(demo_data, str(store), schedule={**FAST_SCHEDULE, "epochs": 4})
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(document))
+    scarce = [sys.executable, "-m", "scarce.operator.cli"]
+    proc = subprocess.Popen(
+        [*scarce, "run", str(spec_file), "--workers", "2", "--log-dir", str(tmp_path / "logs")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 180
+    results = store / "results" / "demo" / "surfaces"
+    while time.monotonic() < deadline and not result_files(results):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "run the same command again to resume" in output
+    kept = result_files(results)
+    assert 1 <= len(kept) < 9
+    for path in kept:
+        assert json.loads(path.read_text())["perClassAccuracy"]
+    assert not [p for p in store.rglob("*.scarce-tmp")]
+    again = subprocess.run(
+        [*scarce, "run", str(spec_file), "--workers", "2", "--log-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{len(kept) + 1} reused" in again.stdout
+    assert len(result_files(results)) == 9
+    assert "Gain (pp)" in again.stdout and "vendor" in again.stdout
+
+
+def test_run_on_an_s3_store(demo_data, tmp_path, s3_server, monkeypatch):
+    """The same pipeline with the store in a real S3 server process (moto), via the MinIO client."""
+    bucket = "scarce-e2e"
+    s3_server.make_bucket(bucket)
+    for name, value in {
+        "SCARCE_S3_ENDPOINT": s3_server.endpoint,
+        "SCARCE_S3_ACCESS_KEY": s3_server.access_key,
+        "SCARCE_S3_SECRET_KEY": s3_server.secret_key,
+    }.items():
+        monkeypatch.setenv(name, value)
+    document = demo_document(demo_data, f"s3://{bucket}/bench", seeds=2,
+                             arms=["real", "vendor"])
+    outcome, _ = run_document(document, tmp_path)
+    assert not outcome.failed, outcome.failed
+    store = open_store(f"s3://{bucket}/bench")
+    report = store.get_json("reports/demo/report.json")
+    assert report["datasets"][0]["comparisons"][0]["n"] == 2
+    keys = store.list("results/demo/surfaces/")
+    assert "results/demo/surfaces/vendor/kfull/seed1.json" in keys
+    assert store.recorded_sha256("reports/demo/report.json")
+
+
+def test_reduced_magnetic_tile_benchmark(tmp_path):
+    """All 1,344 real Magnetic Tile images through the real loader, split and trainer.
+
+    The synthetic arm is a stand-in drop of flipped real defect images made here; built-in
+    generators come with their own issue. It exercises the pipeline, not the science.
+    """
+    drop = tmp_path / "drop"
+    for cls, folder in [("Blowhole", "MT_Blowhole"), ("Break", "MT_Break"),
+                        ("Crack", "MT_Crack"), ("Fray", "MT_Fray"), ("Uneven", "MT_Uneven")]:
+        (drop / cls).mkdir(parents=True)
+        for path in sorted((MAGNETIC_TILE / folder / "Imgs").glob("*.jpg"))[:6]:
+            Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+                drop / cls / f"{path.stem}.png")
+    document = {
+        "apiVersion": "scarce.dev/v1alpha1", "kind": "ScarceBenchmark",
+        "metadata": {"name": "mt-small"},
+        "spec": {
+            "storage": {"uri": str(tmp_path / "store")},
+            "datasets": [{"name": "magnetic-tile", "format": "magnetic-tile",
+                          "source": str(MAGNETIC_TILE), "hardestClass": "Blowhole",
+                          "split": {"testFraction": 0.3, "splitSeed": 0}}],
+            "synthetic": [{"name": "flipped", "kind": "external", "uri": str(drop),
+                           "perClass": 5}],
+            "seeds": 2,
+            "model": {"backbone": "test_resnet", "imageSize": 32, "channels": 1},
+            "schedule": {"epochs": 1, "batchSize": 64},
+        },
+    }
+    outcome, _ = run_document(document, tmp_path)
+    assert not outcome.failed, outcome.failed
+    split = json.loads((tmp_path / "store/results/mt-small/magnetic-tile/split.json").read_text())
+    counts = split["counts"]
+    assert sum(sum(c.values()) for c in counts.values()) == 1344
+    assert counts["Blowhole"]["test"] == round(115 * 0.3)
+    assert split["goodClass"] == "Free"
+    dataset = outcome.report["datasets"][0]
+    assert dataset["hardestClass"] == "Blowhole"
+    assert set(dataset["arms"]) == {"real", "placebo", "flipped"}
+    for result in read_results(tmp_path / "store", "mt-small", "magnetic-tile"):
+        assert sum(result["evalCounts"].values()) == sum(c["test"] for c in counts.values())
+
+
+def test_scarce_run_cli_prints_the_table(demo_data, tmp_path):
+    document = demo_document(demo_data, str(tmp_path / "store"), seeds=2)
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(document))
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.operator.cli", "run", str(spec_file), "--workers", "1"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "below the report's minimum of 7" in proc.stderr
+    for column in ("Dataset", "Hardest class", "Real-only", "Gain (pp)", "z vs placebo"):
+        assert column in proc.stdout
+    assert "surfaces" in proc.stdout and "pit" in proc.stdout
+    assert "reports/demo/report.json" in proc.stdout
