@@ -80,7 +80,10 @@ def print_report_table(report: dict[str, Any]) -> None:
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (default: spec.parallelism, at most the CPU count)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     log_dir: Annotated[Path | None, typer.Option(help="Worker logs (default: a temp dir).")] = None,
 ) -> None:
@@ -95,6 +98,8 @@ def run(
         raise typer.Exit(2)
     benchmark = _load(spec)
     plan = plan_benchmark(benchmark, base_dir=spec.resolve().parent)
+    if workers is None:
+        workers = max(1, min(benchmark.spec.parallelism, os.cpu_count() or 1))
     logs = log_dir or Path(tempfile.gettempdir()) / f"scarce-{benchmark.name}-logs"
     console.print(
         f"benchmark {benchmark.name}: {plan.total} units "

@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         unit = load_unit(args.unit, args.unit_json)
     except Exception as error:
         print(f"scarce-trainer: {error}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, (OSError, ValueError)) else EXIT_PERMANENT
+        # A unit file that cannot be read is a usage error; one that is not a valid unit would
+        # fail the same way on every retry.
+        return EXIT_USAGE if isinstance(error, OSError) else EXIT_PERMANENT
     if unit.stage not in _STAGES_OF_COMMAND[args.command]:
         print(f"scarce-trainer {args.command}: unit {unit.key} is a {unit.stage} unit",
               file=sys.stderr)

@@ -47,10 +47,9 @@ def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> di
         store.put_json(f"{prefix}/manifest.json", manifest)
 
     synthetic = {}
-    needed = [s for s in unit.synthetic]
-    if needed:
+    if unit.synthetic:
         pool = _training_pool(store, manifest, digest, shard_key)
-        for config in needed:
+        for config in unit.synthetic:
             synthetic[config.name] = prepare_synthetic(
                 config, pool, store, dataset.name, digest, size, channels, base_dir
             )

@@ -145,11 +145,7 @@ def summarize_dataset(
 
 
 def build_report(
-    *,
-    benchmark: str,
-    datasets: list[dict[str, Any]],
-    expected_units: int,
-    found_units: int,
+    *, benchmark: str, datasets: list[dict[str, Any]], results_used: int
 ) -> dict[str, Any]:
     """Assemble the report document from per-dataset summaries."""
     return {
@@ -157,7 +153,7 @@ def build_report(
         "benchmark": benchmark,
         "statistic": "z = mean(d) / (sd(d) / sqrt(n)), d = arm - baseline per seed "
         "(report eq. 1; the paired t statistic with n - 1 degrees of freedom)",
-        "units": {"expected": expected_units, "found": found_units},
+        "resultsUsed": results_used,
         "datasets": datasets,
     }
 
@@ -175,7 +171,7 @@ def load_results(store: Store, benchmark: str, dataset: str) -> list[dict[str, A
 def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
     """Read every result of the benchmark, write report.json and report.md, return the report."""
     summaries = []
-    expected = found = 0
+    found = 0
     for dataset in unit.datasets:
         split = store.get_json(f"results/{unit.benchmark}/{dataset.name}/split.json")
         digest = split["splitDigest"]
@@ -184,7 +180,6 @@ def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
             if r.get("splitDigest") == digest
         ]
         found += len(results)
-        expected += len(unit.arms) * (unit.seeds or 0)
         selection = None
         hardest = dataset.hardest_class
         if hardest == AUTO:
@@ -209,9 +204,7 @@ def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
             )
         )
         summaries[-1]["splitDigest"] = digest
-    report = build_report(
-        benchmark=unit.benchmark, datasets=summaries, expected_units=expected, found_units=found
-    )
+    report = build_report(benchmark=unit.benchmark, datasets=summaries, results_used=found)
     store.put_bytes(
         f"reports/{unit.benchmark}/report.md",
         render_markdown(report).encode(),
