@@ -6,7 +6,7 @@ precision, memory format and thread count:
 * **trainer** — `scarce.trainer.train.train_one_epoch` exactly as `run_train_unit` drives it:
   uint8 images gathered in a seeded order, `to_input` (normalise) and `augment` per batch,
   AdamW from `create_optimizer`, LambdaLR with `cosine_lambda`, the per-step `float(loss)`,
-  and `torch.use_deterministic_algorithms` on, as `seed_everything` leaves it.
+  and the process state that `seed_everything` leaves (deterministic algorithms on).
 * **bare** — a pre-normalised float tensor of the same shape in memory, sliced in order, and
   `loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()` with
   AdamW at the same lr; nothing else (determinism off).
@@ -133,7 +133,9 @@ def trainer_arm(args, images: torch.Tensor, labels: torch.Tensor, device) -> Run
 
     def run(steps: int) -> None:
         n = steps * args.batch_size
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        # The process state run_train_unit trains under (deterministic algorithms and their
+        # side effects); the bare arm turns it off again.
+        seed_everything(args.seed)
         train_one_epoch(
             model, images[:n], labels[:n], optimizer=optimizer, scheduler=scheduler,
             schedule=args.schedule, gen=gen, device=device,
@@ -251,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    seed_everything(args.seed)  # as run_train_unit does; each arm then sets determinism itself
     images, labels = make_data(args, device)
     arms = {"trainer": trainer_arm(args, images, labels, device),
             "bare": bare_arm(args, images, labels, device)}

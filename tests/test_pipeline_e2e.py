@@ -347,3 +347,57 @@ def test_scarce_run_cli_prints_the_table(demo_data, tmp_path):
         assert column in proc.stdout
     assert "surfaces" in proc.stdout and "pit" in proc.stdout
     assert "reports/demo/report.json" in proc.stdout
+
+
+def test_same_unit_and_seed_give_the_same_result_on_cpu(demo_run, tmp_path):
+    _, plan, store_root, _ = demo_run
+    split = json.loads((store_root / "results/demo/surfaces/split.json").read_text())
+    unit = next(u for u in plan.train if u.arm == "vendor" and u.seed == 1)
+    unit = unit.model_copy(update={"split_digest": split["splitDigest"]})
+    first = json.loads((store_root / unit.result_key).read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.trainer.cli", "train", "--force", "--unit-json",
+         json.dumps(unit.to_json_dict())],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads((store_root / unit.result_key).read_text())
+    assert second["finishedAt"] != first["finishedAt"]  # it really ran again
+    assert second["confusionMatrix"] == first["confusionMatrix"]
+    assert second["perClassAccuracy"] == first["perClassAccuracy"]
+    assert second["finalLoss"] == first["finalLoss"]
+
+
+def test_auto_hardest_class_pilot_and_few_shot(demo_data, tmp_path):
+    document = demo_document(
+        demo_data, str(tmp_path / "store"), seeds=2, arms=["real", "vendor"], fewShot=[2],
+        pilotSeeds=2,
+    )
+    dataset = document["spec"]["datasets"][0]
+    dataset["hardestClass"] = "auto"
+    dataset["split"] = {"testFraction": 0.3, "valFraction": 0.2, "splitSeed": 0}
+    outcome, plan = run_document(document, tmp_path)
+    assert not outcome.failed, outcome.failed
+    assert len(plan.pilot) == 2
+    store = tmp_path / "store" / "results" / "demo" / "surfaces"
+    pilots = [json.loads(p.read_text()) for p in sorted((store / "pilot").glob("seed*.json"))]
+    assert [p["evalRole"] for p in pilots] == ["val", "val"]
+    split = json.loads((store / "split.json").read_text())
+    assert all(sum(p["evalCounts"].values()) == sum(c["val"] for c in split["counts"].values())
+               for p in pilots)
+    report = outcome.report["datasets"][0]
+    selection = report["hardestClassSelection"]
+    assert set(selection["evidence"]) == {"pit", "scratch", "spot"}
+    means = {c: statistics.fmean(p["perClassAccuracy"][c] for p in pilots)
+             for c in selection["evidence"]}
+    lowest = min(means.values())
+    tied = [c for c, m in means.items() if m == pytest.approx(lowest)]
+    assert selection["chosen"] == min(tied, key=lambda c: selection["evidence"][c]["trainLabels"])
+    assert report["hardestClass"] == selection["chosen"]
+    few_shot = [r for r in read_results(tmp_path / "store", "demo", "surfaces")
+                if r["unit"]["k"] == 2]
+    assert len(few_shot) == 4
+    for result in few_shot:
+        assert result["trainComposition"]["real"] == {c: 2 for c in result["classes"]}
+    assert set(report["fewShot"]) == {"real", "vendor"}
+    assert report["fewShot"]["real"]["2"]["n"] == 2
