@@ -93,7 +93,10 @@ def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) 
             **extra,  # type: ignore[arg-type]
         )
 
-    split = [unit("split", d, synthetic=_sources_for(d, synthetic)) for d in datasets]
+    split = [
+        unit("split", d, synthetic=_sources_for(d, synthetic), leakage=spec.leakage)
+        for d in datasets
+    ]
     pilot = [
         unit("pilot", d, arm=REAL_ARM, seed=seed)
         for d in datasets
@@ -114,7 +117,9 @@ def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) 
                     train.append(
                         unit("train", d, arm=arm, seed=seed, k=k, synthetic=arm_sources(arm))
                     )
-    reduce = unit("reduce", None, arms=arms, seeds=spec.seeds)
+    reduce = unit(
+        "reduce", None, arms=arms, seeds=spec.seeds, verdict=spec.verdict, few_shot=spec.few_shot
+    )
     return Plan(benchmark=name, split=split, pilot=pilot, train=train, reduce=reduce)
 
 

@@ -22,9 +22,11 @@ from scarce.trainer.config import (
     REAL_ARM,
     ConfigModel,
     DatasetConfig,
+    LeakageConfig,
     ModelConfig,
     ScheduleConfig,
     SyntheticConfig,
+    VerdictConfig,
     check_name,
     check_uri,
 )
@@ -100,6 +102,12 @@ class BenchmarkSpec(ConfigModel):
     parallelism: int = Field(1, ge=1, le=10_000, description="Units running at once at most.")
     pilot_seeds: int = Field(
         3, ge=1, le=100, description="Seeds of the pilot stage (hardestClass: auto)."
+    )
+    leakage: LeakageConfig = Field(
+        default_factory=LeakageConfig, description="Leakage check before training."
+    )
+    verdict: VerdictConfig = Field(
+        default_factory=VerdictConfig, description="Thresholds of the verdicts in the report."
     )
     placebo_matches: str | None = Field(
         None,

@@ -128,6 +128,11 @@ class DatasetConfig(ConfigModel):
         "the format's own ('good' for imagefolder, 'Free' for magnetic-tile).",
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Options of the format, e.g. plant: Potato (plantvillage) or root: a "
+        "subfolder of the source; unknown options are refused by the loader.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -200,6 +205,30 @@ class SyntheticConfig(ConfigModel):
         if self.kind == "external" and not self.uri:
             raise ValueError("a source of kind external needs uri (the vendor's drop)")
         return self
+
+
+class LeakageConfig(ConfigModel):
+    """How the split unit treats synthetic or training images that match a test image."""
+
+    policy: Literal["refuse", "flag"] = Field(
+        "refuse",
+        description="refuse: the arm whose source leaks fails, naming the files; flag: the "
+        "matches are reported and the run goes on.",
+    )
+    max_hash_distance: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Perceptual-hash Hamming distance (of 64 bits) at or below which two "
+        "images count as near duplicates.",
+    )
+
+
+class VerdictConfig(ConfigModel):
+    """Thresholds of the per-arm verdict (defaults: the report's |z| >= 3.4 and p < 0.05)."""
+
+    min_abs_z: float = Field(3.4, gt=0.0, description="Smallest |z| that counts as a gain.")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Holm-adjusted p-value threshold.")
 
 
 class ModelConfig(ConfigModel):

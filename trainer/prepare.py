@@ -68,7 +68,7 @@ def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> di
 def freeze_split(dataset: DatasetConfig, source: Store) -> dict[str, Any]:
     """Scan the source, hash every image and build the canonical split manifest."""
     fmt = get_format(dataset.format)
-    records = scan_dataset(dataset.format, source)
+    records = scan_dataset(dataset.format, source, dataset.options)
     with ThreadPoolExecutor(max_workers=8) as pool:
         digests = list(pool.map(lambda r: _sha256(source, r.key), records))
     images = [

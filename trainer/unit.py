@@ -17,9 +17,11 @@ from pydantic import Field
 from scarce.trainer.config import (
     ConfigModel,
     DatasetConfig,
+    LeakageConfig,
     ModelConfig,
     ScheduleConfig,
     SyntheticConfig,
+    VerdictConfig,
 )
 
 Stage = Literal["split", "pilot", "train", "reduce"]
@@ -60,6 +62,9 @@ class WorkUnit(ConfigModel):
     seeds: int | None = Field(None, description="Seed count (reduce stage).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    few_shot: list[int] = Field(default_factory=list, description="Few-shot k (reduce stage).")
     threads: int | None = Field(None, description="CPU threads for torch; None = torch default.")
 
     @property
