@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < low:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag}: must be at least {low}, got {getattr(args, name)}")
+    if not timm.is_model(args.backbone):
+        parser.error(f"--backbone: unknown timm model {args.backbone!r} (see timm.list_models())")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch; use --device cpu")
     try:
@@ -104,8 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             epochs=1, batch_size=args.batch_size, precision=args.precision,
             channels_last=args.channels_last, augmentation=aug,
         )
-    except ValidationError as error:
-        parser.error(str(error))
+    except ValidationError as error:  # name the flag, as the rest of the command line does
+        parser.error("; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].lower()}, got {e['input']!r}"
+            for e in error.errors()
+        ))
     return args
 
 
@@ -119,22 +124,25 @@ def make_data(args: argparse.Namespace, device: torch.device) -> tuple[torch.Ten
     return images.to(device), labels.to(device)
 
 
-def trainer_arm(args, images: torch.Tensor, labels: torch.Tensor, device) -> RunSteps:
+def trainer_arm(
+    args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> RunSteps:
     """`run(n)`: n steps of the SCARCE trainer, set up as `run_train_unit` does."""
     torch.manual_seed(args.seed)
     model = create_model(args.model_config, NUM_CLASSES).to(device)
     if args.schedule.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(model, args.schedule)
-    # A long horizon: the lr factor's value does not change the cost of a step.
+    # The horizon is the steps this run takes; the lr factor's value does not change the cost.
     total = (args.steps + args.warmup) * args.repeats
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(total, 0))
     gen = torch.Generator().manual_seed(args.seed)
 
     def run(steps: int) -> None:
         n = steps * args.batch_size
-        # The process state run_train_unit trains under (deterministic algorithms and their
-        # side effects); the bare arm turns it off again.
+        # The process state run_train_unit trains under: deterministic algorithms with their
+        # side effects (the bare arm turns them off again). CUBLAS_WORKSPACE_CONFIG, which it
+        # also sets, is process-wide, so on CUDA it holds for both arms.
         seed_everything(args.seed)
         train_one_epoch(
             model, images[:n], labels[:n], optimizer=optimizer, scheduler=scheduler,
@@ -144,7 +152,9 @@ def trainer_arm(args, images: torch.Tensor, labels: torch.Tensor, device) -> Run
     return run
 
 
-def bare_arm(args, images: torch.Tensor, labels: torch.Tensor, device) -> RunSteps:
+def bare_arm(
+    args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> RunSteps:
     """`run(n)`: n steps of a bare timm loop on a pre-normalised float copy of the images."""
     torch.manual_seed(args.seed)
     model = timm.create_model(
@@ -190,7 +200,9 @@ def timed(run: RunSteps, steps: int, device: torch.device) -> tuple[float, float
     return wall, (time.process_time() - cpu) / wall
 
 
-def measure(arms: dict[str, RunSteps], args, device: torch.device) -> list[dict]:
+def measure(
+    arms: dict[str, RunSteps], args: argparse.Namespace, device: torch.device
+) -> list[dict]:
     """Interleaved repeats; one row per repeat with both arms' img/s and their ratio."""
     usable = min(args.threads, len(os.sched_getaffinity(0)))
     rows = []
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: statistics.median(r[k] for r in rows) for k in ("trainer", "bare", "ratio")}
     config = {"device": args.device, "backbone": args.backbone, "imageSize": args.image_size,
               "batchSize": args.batch_size, "precision": args.precision,
+              "autocast": args.precision == "bf16" and args.device == "cuda",
               "channelsLast": args.channels_last, "augment": args.augment,
               "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
     env = environment(device)

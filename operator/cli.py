@@ -3,6 +3,8 @@
     scarce validate SPEC                 check a spec; errors name the field path and value
     scarce run SPEC [--workers N] [--device cpu|cuda]
     scarce data demo DEST                procedural demo dataset (not a benchmark)
+    scarce data import FORMAT SRC DEST   copy a dataset into the store with an index
+    scarce data inspect URI              classes, counts, image sizes, mask coverage
     scarce report REPORT                 print the Table-1 view of a report.json (path or URI)
 """
 
@@ -153,25 +155,67 @@ def run(
 
 @app.command()
 def report(
-    location: Annotated[str, typer.Argument(help="report.json: a path or a store URI.")],
-    fmt: Annotated[str, typer.Option("--format", help="table, md or json.")] = "table",
+    location: Annotated[
+        str,
+        typer.Argument(help="Results of a benchmark (STORE/results/NAME, a path or s3:// URI), "
+                       "or a report.json to show."),
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="table, md, html or json.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write every report file here.")] = None,
 ) -> None:
-    """Show a report written by a run."""
+    """Rebuild a benchmark's report from its result objects alone (or show a report.json)."""
     from scarce.trainer.report import render_markdown
     from scarce.trainer.store import StoreError, open_store
 
-    folder, _, name = location.rstrip("/").rpartition("/")
+    if fmt not in ("table", "md", "html", "json"):
+        err_console.print(f"--format: must be table, md, html or json, got {fmt!r}")
+        raise typer.Exit(2)
     try:
-        document = open_store(folder or ".").get_json(name)
-    except StoreError as error:
-        err_console.print(str(error))
+        if location.rstrip("/").endswith(".json"):
+            folder, _, name = location.rstrip("/").rpartition("/")
+            document = open_store(folder or ".").get_json(name)
+            files = {"report.json": json.dumps(document).encode(),
+                     "report.md": render_markdown(document).encode()}
+        else:
+            document, files = _rebuild_report(location)
+    except (StoreError, ValueError) as error:
+        err_console.print(escape(str(error)), highlight=False)
         raise typer.Exit(1) from None
+    if out is not None:
+        for name, data in files.items():
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f".{target.name}.tmp")
+            temp.write_bytes(data)
+            temp.replace(target)
+        err_console.print(f"wrote {len(files)} files to {out}", highlight=False)
     if fmt == "json":
-        console.print_json(json.dumps(document))
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     elif fmt == "md":
-        sys.stdout.write(render_markdown(document))
+        sys.stdout.write(files["report.md"].decode())
+    elif fmt == "html":
+        sys.stdout.write(files.get("report.html", b"").decode())
     else:
         print_report_table(document)
+
+
+def _rebuild_report(location: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Reduce again from STORE/results/NAME: the same report the run's reducer wrote."""
+    from scarce.trainer.reduce import BENCHMARK_KEY, reduce_benchmark
+    from scarce.trainer.report_files import render_report_files
+    from scarce.trainer.store import open_store
+    from scarce.trainer.unit import WorkUnit
+
+    root, marker, benchmark = location.rstrip("/").rpartition("/results/")
+    if not marker or not benchmark or "/" in benchmark:
+        raise ValueError(
+            f"{location}: expected the results of one benchmark, STORE/results/NAME "
+            "(e.g. runs/store/results/demo or s3://bucket/prefix/results/demo)"
+        )
+    store = open_store(root)
+    unit = WorkUnit.model_validate(store.get_json(BENCHMARK_KEY.format(benchmark=benchmark)))
+    document, used = reduce_benchmark(unit, store)
+    return document, render_report_files(document, used)
 
 
 @data_app.command("demo")
@@ -191,6 +235,74 @@ def data_demo(
         f"vendor drop {summary.vendor_drop} ({vendor}). Procedural demo data, not a benchmark.",
         highlight=False,
     )
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            err_console.print(f"--option: expected key=value, got {pair!r}")
+            raise typer.Exit(2)
+        lowered = value.lower()
+        options[key] = {"true": True, "false": False}.get(lowered, value)
+    return options
+
+
+@data_app.command("import")
+def data_import(
+    format_name: Annotated[str, typer.Argument(metavar="FORMAT", help="Layout of SRC.")],
+    src: Annotated[Path, typer.Argument(help="Folder holding the dataset.")],
+    dest: Annotated[str, typer.Argument(metavar="DEST_URI", help="Store folder or s3:// URI.")],
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Format option key=value.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier import at DEST.")] = False,
+) -> None:
+    """Copy a dataset into the store as class folders with an index, refusing bad files."""
+    from scarce.trainer.dataimport import import_dataset
+    from scarce.trainer.datasets import DatasetError
+    from scarce.trainer.store import StoreError
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=err_console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done)
+
+        try:
+            summary = import_dataset(format_name, src, dest, options=_parse_options(option or []),
+                                     overwrite=overwrite, progress=on_progress)
+        except (DatasetError, StoreError, ValueError, FileExistsError) as error:
+            progress.stop()
+            err_console.print(f"[red]import refused:[/red] {escape(str(error))}", highlight=False)
+            raise typer.Exit(1) from None
+    console.print(summary.describe(), highlight=False, markup=False)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    uri: Annotated[str, typer.Argument(help="Dataset folder or s3:// URI.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="Layout (default: index.json "
+                                             "if present, else imagefolder).")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Format option key=value.")
+    ] = None,
+) -> None:
+    """Print classes, counts, image sizes and mask coverage of a dataset."""
+    from scarce.trainer.dataimport import describe_inspection, inspect_dataset
+    from scarce.trainer.datasets import DatasetError
+    from scarce.trainer.store import StoreError
+
+    try:
+        info = inspect_dataset(uri, fmt, _parse_options(option or []))
+    except (DatasetError, StoreError, ValueError) as error:
+        err_console.print(escape(str(error)), highlight=False)
+        raise typer.Exit(1) from None
+    console.print(describe_inspection(info), highlight=False, markup=False)
 
 
 def main() -> None:

@@ -97,10 +97,12 @@ def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) 
         unit("split", d, synthetic=_sources_for(d, synthetic), leakage=spec.leakage)
         for d in datasets
     ]
+    # The pilot picks the class for hardestClass: auto; with a named class and a validation
+    # split it still runs, so the report can warn when the pilot ranks another class lowest.
     pilot = [
         unit("pilot", d, arm=REAL_ARM, seed=seed)
         for d in datasets
-        if d.hardest_class == AUTO
+        if d.hardest_class == AUTO or d.split.val_fraction > 0
         for seed in range(spec.pilot_seeds)
     ]
     train = []

@@ -31,6 +31,7 @@ from scarce.trainer.datasets import (
 )
 from scarce.trainer.datasets.base import check_key
 from scarce.trainer.store import open_store
+from tests.test_dataset_formats import make_marble, make_mvtec_ad, make_plantvillage, make_riawelc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MAGNETIC_TILE = SHARED / "magnetic-tile"
@@ -103,17 +104,32 @@ def make_magnetic_tile(root: Path, counts: dict[str, int] | None = None) -> None
     _write(root, "other/Imgs/x.jpg", _image_bytes("JPEG"))  # not an MT_ folder: ignored
 
 
+#: One builder per registered format of a dataset holding a single defect class.
+SINGLE_CLASS: dict[str, Callable[[Path], None]] = {
+    "imagefolder": lambda root: _write(root, "scratch/a.png", _image_bytes("PNG")),
+    "magnetic-tile": lambda root: make_magnetic_tile(root, {"Blowhole": 2}),
+    "marble": lambda root: make_marble(root, ("crack",)),
+    "mvtec-ad": lambda root: make_mvtec_ad(root, {"scratch": 2}),
+    "plantvillage": lambda root: _write(
+        root, "PlantVillage/Potato___Late_blight/a.JPG", _image_bytes("JPEG")
+    ),
+    "riawelc": lambda root: make_riawelc(root, ("PO",)),
+}
+
+
 def make_single_class(fmt: str, root: Path) -> None:
-    if fmt == "imagefolder":
-        _write(root, "scratch/a.png", _image_bytes("PNG"))
-    else:
-        make_magnetic_tile(root, {"Blowhole": 2})
+    SINGLE_CLASS[fmt](root)
 
 
-#: One fixture builder per registered format; a test keeps it complete.
+#: One fixture builder per registered format; a test keeps it complete. The builders of the
+#: public layouts live in tests/test_dataset_formats.py, next to their own tests.
 FIXTURES: dict[str, Callable[[Path], None]] = {
     "imagefolder": make_imagefolder,
     "magnetic-tile": make_magnetic_tile,
+    "marble": make_marble,
+    "mvtec-ad": make_mvtec_ad,
+    "plantvillage": make_plantvillage,
+    "riawelc": make_riawelc,
 }
 
 
@@ -133,12 +149,14 @@ class ListingStore:
 
 def test_fixtures_cover_every_registered_format() -> None:
     assert sorted(FIXTURES) == list_formats()
+    assert sorted(SINGLE_CLASS) == list_formats()
 
 
 def test_unknown_format_error_lists_supported_formats(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="unknown dataset format 'mvtec'") as info:
         scan_dataset("mvtec", open_store(str(tmp_path)))
-    assert "supported formats: imagefolder, magnetic-tile" in str(info.value)
+    assert f"supported formats: {', '.join(list_formats())}" in str(info.value)
+    assert "imagefolder, magnetic-tile" in str(info.value)
     assert isinstance(info.value, ValueError)
 
 

@@ -399,5 +399,9 @@ def test_auto_hardest_class_pilot_and_few_shot(demo_data, tmp_path):
     assert len(few_shot) == 4
     for result in few_shot:
         assert result["trainComposition"]["real"] == {c: 2 for c in result["classes"]}
-    assert set(report["fewShot"]) == {"real", "vendor"}
-    assert report["fewShot"]["real"]["2"]["n"] == 2
+    curves = report["fewShot"]["curves"]
+    assert set(curves) == {"real", "vendor"}
+    assert curves["real"]["2"]["n"] == 2
+    assert curves["vendor"]["2"]["mean"] == pytest.approx(statistics.fmean(
+        r["perClassAccuracy"][selection["chosen"]] for r in few_shot
+        if r["unit"]["arm"] == "vendor"))

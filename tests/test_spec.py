@@ -14,7 +14,7 @@ from scarce.operator.spec import (
     spec_warnings,
     validate_document,
 )
-from scarce.trainer.config import DATASET_FORMATS
+from scarce.trainer.config import DATASET_FORMATS, SYNTHETIC_KINDS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -304,8 +304,10 @@ def test_external_source_needs_uri():
 def test_unknown_synthetic_kind():
     document = minimal_document(synthetic=("vendor",))
     document["spec"]["synthetic"][0]["kind"] = "diffusion"
+    kinds = ", ".join(repr(k) for k in SYNTHETIC_KINDS)
+    assert "'external'" in kinds
     assert only_error(document) == (
-        "spec.synthetic[0].kind: must be one of 'external', got 'diffusion'"
+        f"spec.synthetic[0].kind: must be one of {kinds}, got 'diffusion'"
     )
 
 

@@ -19,10 +19,17 @@ from pydantic.alias_generators import to_camel
 
 #: Dataset layouts the trainer can read (see `scarce.trainer.datasets`); a test keeps this
 #: list equal to the registry so the spec can validate `format:` without importing image code.
-DATASET_FORMATS: tuple[str, ...] = ("imagefolder", "magnetic-tile")
+DATASET_FORMATS: tuple[str, ...] = (
+    "imagefolder",
+    "magnetic-tile",
+    "marble",
+    "mvtec-ad",
+    "plantvillage",
+    "riawelc",
+)
 
 #: Kinds of synthetic source (see `scarce.trainer.synth`).
-SYNTHETIC_KINDS: tuple[str, ...] = ("external",)
+SYNTHETIC_KINDS: tuple[str, ...] = ("external", "transplant", "cutpaste", "perlin")
 
 #: Arm names with a fixed meaning; every other arm names a synthetic source.
 REAL_ARM = "real"

@@ -18,7 +18,7 @@ import numpy as np
 
 from scarce.trainer.config import DatasetConfig, SyntheticConfig
 from scarce.trainer.datasets import get_format, scan_dataset
-from scarce.trainer.datasets.images import decode_image
+from scarce.trainer.datasets.images import decode_image, decode_mask
 from scarce.trainer.shards import decode_all, pack_shard, unpack_shard
 from scarce.trainer.splits import SourceImage, build_manifest, manifest_digest, role_counts
 from scarce.trainer.store import Store, open_store
@@ -42,7 +42,8 @@ def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> di
     if not store.exists(shard_key):
         keys = [item["key"] for item in manifest["items"]]
         images = decode_all(source, keys, _decoder(channels, size), threads=unit.threads or 4)
-        store.put_bytes(shard_key, pack_shard(images, digest))
+        masks = _decode_masks(source, manifest["items"], size, threads=unit.threads or 4)
+        store.put_bytes(shard_key, pack_shard(images, digest, masks=masks))
     if not store.exists(f"{prefix}/manifest.json"):
         store.put_json(f"{prefix}/manifest.json", manifest)
 
@@ -116,15 +117,19 @@ def prepare_synthetic(
         channels=channels,
         base_dir=str(base_dir) if base_dir else None,
     )
+    masks = synthetic.masks
     manifest = {
         "source": config.name,
         "config": config.to_json_dict(),
         "dataset": dataset,
         "splitDigest": digest,
         "counts": synthetic.counts(),
-        "items": synthetic.records,
+        "items": [
+            {**record, "hasMask": masks is not None and bool(masks[i].any())}
+            for i, record in enumerate(synthetic.records)
+        ],
     }
-    store.put_bytes(shard_key, pack_shard(synthetic.images, manifest_digest(manifest)))
+    store.put_bytes(shard_key, pack_shard(synthetic.images, manifest_digest(manifest), masks))
     store.put_json(manifest_key, manifest)
     return _synthetic_summary(manifest, manifest_key, shard_key)
 
@@ -156,11 +161,30 @@ def _training_pool(
         keys=[items[i]["key"] for i in train],
         sha256=[items[i]["sha256"] for i in train],
         test_sha256=frozenset(item["sha256"] for item in items if item["role"] == "test"),
+        masks=None if shard.masks is None else shard.masks[train],
     )
 
 
 def _sha256(store: Store, key: str) -> str:
     return hashlib.sha256(store.get_bytes(key, verify=False)).hexdigest()
+
+
+def _decode_masks(
+    source: Store, items: list[dict[str, Any]], size: int, *, threads: int
+) -> np.ndarray | None:
+    """Every item's mask, uint8 [N, S, S], all zero where it has none; None when none has one."""
+    masked = [i for i, item in enumerate(items) if item.get("maskKey")]
+    if not masked:
+        return None
+
+    def decode(data: bytes, name: str) -> np.ndarray:
+        return decode_mask(data, size=size, name=name)
+
+    masks = np.zeros((len(items), size, size), dtype=np.uint8)
+    masks[masked] = decode_all(
+        source, [items[i]["maskKey"] for i in masked], decode, threads=threads
+    )
+    return masks
 
 
 def _decoder(channels: int, size: int):

@@ -1,8 +1,12 @@
-"""The reducer: pair results by seed, compute the statistics, write the report.
+"""The reducer: pair results by seed, compute the statistics, write the report files.
 
-`build_report` is pure (result bodies in, report dict out); `run_reduce_unit` reads the result
-objects from the store and writes ``reports/<benchmark>/report.{json,md}``. Only results whose
-split digest matches the benchmark's split are used, so a stale result can never slip in.
+`summarize_dataset` and `finish_report` are pure (result bodies in, report dict out);
+`reduce_benchmark` reads the result objects of a benchmark from the store, and
+`run_reduce_unit` also writes ``reports/<benchmark>/`` (report.json, .md, .html, per_seed.csv,
+all_classes.csv, figures/*.png). Only results whose split digest matches the dataset's frozen
+split are used, so a stale result can never slip in. The reduce unit itself is saved as
+``results/<benchmark>/benchmark.json`` so `scarce report` can rebuild the same report from the
+result objects alone.
 """
 
 from __future__ import annotations
@@ -12,13 +16,26 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from scarce.trainer.config import AUTO, PLACEBO_ARM, REAL_ARM
-from scarce.trainer.report import render_markdown
-from scarce.trainer.stats import paired_z
+from scarce.trainer.config import AUTO, PLACEBO_ARM, REAL_ARM, VerdictConfig
+from scarce.trainer.stats import (
+    bootstrap_ci,
+    holm_bonferroni,
+    label_saving,
+    paired_t_test,
+    paired_z,
+    prob_improvement,
+    verdict,
+    wilcoxon_signed_rank,
+)
 from scarce.trainer.store import Store
 from scarce.trainer.unit import WorkUnit
 
 REPORT_SCHEMA = "scarce.report/v1"
+BENCHMARK_KEY = "results/{benchmark}/benchmark.json"
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
 def choose_hardest_class(
@@ -64,23 +81,75 @@ def _arm_summary(per_seed: Mapping[int, float]) -> dict[str, Any]:
 
 
 def compare(
-    arm: str, baseline: str, arms: Mapping[str, Mapping[int, float]]
+    arm: str, baseline: str, arms: Mapping[str, Mapping[int, float]], *, bootstrap_seed: int = 0
 ) -> dict[str, Any]:
-    """Pair `arm` with `baseline` by seed and compute eq. (1); unpaired seeds are counted."""
+    """Pair `arm` with `baseline` by seed: eq. (1) and the statistics of the full report.
+
+    Seeds present in only one of the two arms are dropped and listed in `unpairedSeeds`.
+    """
     treated, control = arms.get(arm, {}), arms.get(baseline, {})
     seeds = sorted(set(treated) & set(control))
-    result = paired_z([treated[s] for s in seeds], [control[s] for s in seeds])
+    a = [treated[s] for s in seeds]
+    b = [control[s] for s in seeds]
+    z = paired_z(a, b)
+    t = paired_t_test(a, b)
+    w = wilcoxon_signed_rank(a, b)
+    boot = bootstrap_ci([x - y for x, y in zip(a, b, strict=True)], seed=bootstrap_seed)
+    notes = [n for n in (z.note, w.note) if n]
     return {
         "arm": arm,
         "baseline": baseline,
-        "gainPp": None if result.mean_diff is None else round(result.mean_diff, 6),
-        "z": None if result.z is None else round(result.z, 6),
-        "n": result.n,
-        "sdDiff": None if result.sd_diff is None else round(result.sd_diff, 6),
+        "gainPp": _round(z.mean_diff),
+        "z": _round(z.z),
+        "n": z.n,
+        "sdDiff": _round(z.sd_diff),
+        "pValue": _round(t.pvalue, 12),
+        "ci95": None if t.ci95 is None else [_round(t.ci95[0]), _round(t.ci95[1])],
+        "ciBootstrap95": None if boot is None else [_round(boot[0]), _round(boot[1])],
+        "wilcoxonP": _round(w.pvalue, 12),
+        "wilcoxonMethod": w.method,
+        "probImprovement": _round(prob_improvement(a, b)),
         "pairedSeeds": seeds,
         "unpairedSeeds": sorted(set(treated) ^ set(control)),
-        "note": result.note,
+        "note": "; ".join(notes) if notes else None,
     }
+
+
+def _few_shot_section(
+    few_shot: Mapping[str, Mapping[int, Mapping[int, float]]], arm_order: list[str]
+) -> dict[str, Any]:
+    curves = {
+        arm: {
+            str(k): {
+                "mean": round(statistics.fmean(seeds.values()), 6),
+                "n": len(seeds),
+                "perSeed": {str(s): round(v, 6) for s, v in sorted(seeds.items())},
+            }
+            for k, seeds in sorted(few_shot[arm].items())
+        }
+        for arm in arm_order
+        if arm in few_shot
+    }
+    savings = []
+    real = curves.get(REAL_ARM)
+    if real:
+        ks = sorted(int(k) for k in real)
+        real_curve = [real[str(k)]["mean"] for k in ks]
+        for arm, curve in curves.items():
+            if arm == REAL_ARM or str(ks[0]) not in curve:
+                continue
+            synthetic = curve[str(ks[0])]["mean"]
+            saving = label_saving(ks, real_curve, synthetic)
+            savings.append({
+                "arm": arm,
+                "kMin": ks[0],
+                "syntheticAccuracy": synthetic,
+                "kEquivalent": _round(saving.k_equivalent),
+                "savingPercent": _round(saving.saving_percent),
+                "reached": saving.reached,
+                "note": saving.note,
+            })
+    return {"curves": curves, "labelSaving": savings}
 
 
 def summarize_dataset(
@@ -91,7 +160,7 @@ def summarize_dataset(
     arm_order: list[str],
     selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per-arm hardest-class accuracy by seed, and the comparisons of report Table 1."""
+    """Per-arm hardest-class accuracy by seed, the comparisons of Table 1 and every class."""
     full: dict[str, dict[int, float]] = defaultdict(dict)
     few_shot: dict[str, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     per_class: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -123,36 +192,57 @@ def summarize_dataset(
         "arms": arms,
         "comparisons": comparisons,
         "allClasses": {
-            arm: {cls: round(statistics.fmean(v), 6) for cls, v in sorted(classes.items())}
+            arm: {
+                cls: {"mean": round(statistics.fmean(v), 6), "n": len(v)}
+                for cls, v in sorted(classes.items())
+            }
             for arm, classes in per_class.items()
         },
+        "warnings": [],
     }
     if selection is not None:
         summary["hardestClassSelection"] = selection
+        if selection["chosen"] != hardest_class:
+            summary["warnings"].append(
+                f"the spec names {hardest_class!r} as the hardest class, but the pilot on the "
+                f"validation split ranks {selection['chosen']!r} lowest"
+            )
     if few_shot:
-        summary["fewShot"] = {
-            arm: {
-                str(k): {
-                    "mean": round(statistics.fmean(seeds.values()), 6),
-                    "n": len(seeds),
-                    "perSeed": {str(s): round(v, 6) for s, v in sorted(seeds.items())},
-                }
-                for k, seeds in sorted(by_k.items())
-            }
-            for arm, by_k in few_shot.items()
-        }
+        summary["fewShot"] = _few_shot_section(few_shot, arm_order)
     return summary
 
 
-def build_report(
-    *, benchmark: str, datasets: list[dict[str, Any]], results_used: int
+def finish_report(
+    *, benchmark: str, datasets: list[dict[str, Any]], thresholds: VerdictConfig,
+    results_used: int,
 ) -> dict[str, Any]:
-    """Assemble the report document from per-dataset summaries."""
+    """Holm-adjust every comparison's p-value across the benchmark and add the verdicts."""
+    comparisons = [c for ds in datasets for c in ds["comparisons"]]
+    for comparison, adjusted in zip(
+        comparisons, holm_bonferroni([c["pValue"] for c in comparisons]), strict=True
+    ):
+        comparison["holmP"] = _round(adjusted, 12)
+    for ds in datasets:
+        by_pair = {(c["arm"], c["baseline"]): c for c in ds["comparisons"]}
+        for comparison in ds["comparisons"]:
+            if comparison["baseline"] != REAL_ARM:
+                continue
+            vs_placebo = by_pair.get((comparison["arm"], PLACEBO_ARM), {})
+            comparison["verdict"] = verdict(
+                comparison["z"], comparison["holmP"], vs_placebo.get("z"),
+                vs_placebo.get("holmP"), min_abs_z=thresholds.min_abs_z, alpha=thresholds.alpha,
+            )
+        for comparison in ds["comparisons"]:
+            if comparison["baseline"] == PLACEBO_ARM:
+                comparison["verdict"] = by_pair[(comparison["arm"], REAL_ARM)].get("verdict")
     return {
         "schema": REPORT_SCHEMA,
         "benchmark": benchmark,
         "statistic": "z = mean(d) / (sd(d) / sqrt(n)), d = arm - baseline per seed "
-        "(report eq. 1; the paired t statistic with n - 1 degrees of freedom)",
+        "(report eq. 1; it is the paired t statistic with n - 1 degrees of freedom, whose "
+        "two-sided p-value is pValue; holmP adjusts pValue over every comparison of the "
+        "benchmark, vs real and vs placebo alike)",
+        "thresholds": {"minAbsZ": thresholds.min_abs_z, "alpha": thresholds.alpha},
         "resultsUsed": results_used,
         "datasets": datasets,
     }
@@ -168,10 +258,10 @@ def load_results(store: Store, benchmark: str, dataset: str) -> list[dict[str, A
     return [store.get_json(k) for k in keys]
 
 
-def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
-    """Read every result of the benchmark, write report.json and report.md, return the report."""
+def reduce_benchmark(unit: WorkUnit, store: Store) -> tuple[dict[str, Any], list[dict]]:
+    """Build the report from the benchmark's result objects; also return the results used."""
     summaries = []
-    found = 0
+    used: list[dict] = []
     for dataset in unit.datasets:
         split = store.get_json(f"results/{unit.benchmark}/{dataset.name}/split.json")
         digest = split["splitDigest"]
@@ -179,35 +269,41 @@ def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
             r for r in load_results(store, unit.benchmark, dataset.name)
             if r.get("splitDigest") == digest
         ]
-        found += len(results)
+        used += results
+        pilot_keys = store.list(f"results/{unit.benchmark}/{dataset.name}/pilot/")
+        pilots = [
+            p for p in (store.get_json(k) for k in pilot_keys if k.endswith(".json"))
+            if p.get("splitDigest") == digest
+        ]
         selection = None
+        if pilots:
+            train_counts = {c: v["train"] + v["val"] for c, v in split["counts"].items()}
+            selection = choose_hardest_class(pilots, split["goodClass"], train_counts)
         hardest = dataset.hardest_class
         if hardest == AUTO:
-            pilots = [
-                store.get_json(k)
-                for k in store.list(f"results/{unit.benchmark}/{dataset.name}/pilot/")
-            ]
-            train_counts = {c: v["train"] + v["val"] for c, v in split["counts"].items()}
-            selection = choose_hardest_class(
-                [p for p in pilots if p.get("splitDigest") == digest],
-                split["goodClass"],
-                train_counts,
-            )
+            if selection is None:
+                raise ValueError(
+                    f"dataset {dataset.name!r}: hardestClass auto but no pilot result found"
+                )
             hardest = selection["chosen"]
-        summaries.append(
-            summarize_dataset(
-                dataset=dataset.name,
-                hardest_class=hardest,
-                results=results,
-                arm_order=list(unit.arms),
-                selection=selection,
-            )
+        summary = summarize_dataset(
+            dataset=dataset.name, hardest_class=hardest, results=results,
+            arm_order=list(unit.arms), selection=selection,
         )
-        summaries[-1]["splitDigest"] = digest
-    report = build_report(benchmark=unit.benchmark, datasets=summaries, results_used=found)
-    store.put_bytes(
-        f"reports/{unit.benchmark}/report.md",
-        render_markdown(report).encode(),
-        content_type="text/markdown",
+        summary["splitDigest"] = digest
+        summaries.append(summary)
+    report = finish_report(
+        benchmark=unit.benchmark, datasets=summaries, thresholds=unit.verdict,
+        results_used=len(used),
     )
+    return report, used
+
+
+def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
+    """Reduce, then write every report file; returns the report (written as report.json)."""
+    from scarce.trainer.report_files import write_report_files
+
+    store.put_json(BENCHMARK_KEY.format(benchmark=unit.benchmark), unit.to_json_dict())
+    report, used = reduce_benchmark(unit, store)
+    write_report_files(store, f"reports/{unit.benchmark}", report, used)
     return report

@@ -15,6 +15,7 @@ TABLE_HEADER = (
     "vs placebo (pp)",
     "z vs placebo",
     "n",
+    "95% CI (pp)",
 )
 
 
@@ -22,6 +23,12 @@ def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None:
         return "n/a"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _ci(interval: list[float] | None) -> str:
+    if not interval:
+        return "n/a"
+    return f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
 
 
 def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -48,13 +55,15 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                     _fmt(vs_placebo.get("gainPp"), signed=True) if vs_placebo else "-",
                     _fmt(vs_placebo.get("z")) if vs_placebo else "-",
                     str(vs_real.get("n", arms[arm].get("n", 0))),
+                    _ci(vs_real.get("ci95")),
                 )
             )
     return rows
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: Table 1, then per-dataset notes (degenerate statistics, class selection)."""
+def render_markdown(report: dict[str, Any], all_classes: Any = None) -> str:
+    """report.md: Table 1, verdicts, per-dataset notes and per-seed values, and (given the
+    all-classes frame) the supplementary table of every class in every arm."""
     lines = [
         f"# SCARCE report: {report['benchmark']}",
         "",
@@ -67,6 +76,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines.append("")
+    verdicts = [
+        f"- {ds['dataset']} / {c['arm']}: {c['verdict']}"
+        for ds in report["datasets"] for c in ds["comparisons"]
+        if c["baseline"] == "real" and c.get("verdict")
+    ]
+    if verdicts:
+        thresholds = report.get("thresholds", {})
+        lines += [
+            f"Verdicts (|z| ≥ {thresholds.get('minAbsZ')}, Holm-adjusted p < "
+            f"{thresholds.get('alpha')}):",
+            "",
+            *verdicts,
+            "",
+        ]
     for ds in report["datasets"]:
         notes = [
             f"- {c['arm']} vs {c['baseline']}: {c['note']}" for c in ds["comparisons"] if c["note"]
@@ -77,6 +100,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             for c in ds["comparisons"]
             if c["unpairedSeeds"]
         ]
+        notes += [f"- warning: {w}" for w in ds.get("warnings", [])]
+        notes += [
+            f"- {c['arm']} vs {c['baseline']}: p = {_p(c.get('pValue'))}, Holm p = "
+            f"{_p(c.get('holmP'))}, Wilcoxon p = {_p(c.get('wilcoxonP'))}, bootstrap 95% CI "
+            f"{_ci(c.get('ciBootstrap95'))}, P(improvement) = {_fmt(c.get('probImprovement'), 2)}"
+            for c in ds["comparisons"]
+        ]
+        for saving in ds.get("fewShot", {}).get("labelSaving", []):
+            if saving["reached"]:
+                notes.append(
+                    f"- few-shot: {saving['arm']} at k={saving['kMin']} "
+                    f"({saving['syntheticAccuracy']:.1f}%) matches real-only at "
+                    f"k={saving['kEquivalent']:.2f}: {saving['savingPercent']:.1f}% fewer labels"
+                )
+            else:
+                notes.append(f"- few-shot: {saving['arm']}: {saving['note']}")
         selection = ds.get("hardestClassSelection")
         if selection:
             evidence = ", ".join(
@@ -102,7 +141,28 @@ def render_markdown(report: dict[str, Any]) -> str:
                 + f" | {_fmt(summary['mean'])} | {_fmt(summary['sd'])} |"
             )
         lines.append("")
+    if all_classes is not None and len(all_classes):
+        lines += [
+            "## Every class in every arm (supplementary)",
+            "",
+            "Mean accuracy (%) of each class on the test split, whole training pool.",
+            "",
+            "| Dataset | Arm | Class | Mean | n |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['dataset']} | {r['arm']} | {r['class']}{' (hardest)' if r['hardest'] else ''}"
+            f" | {r['meanAccuracy']:.1f} | {r['n']} |"
+            for r in all_classes.to_dict("records")
+        ]
+        lines.append("")
     return "\n".join(lines)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
 
 def _seeds(ds: dict[str, Any]) -> list[int]:

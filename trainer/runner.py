@@ -80,9 +80,7 @@ def run_unit(unit: WorkUnit, *, device: str = "cpu", force: bool = False) -> tup
         # Always rerun: results may have been added since; the report is a pure function of them.
         from scarce.trainer.reduce import run_reduce_unit
 
-        report = run_reduce_unit(unit, store)
-        store.put_json(unit.result_key, report)
-        return report, False
+        return run_reduce_unit(unit, store), False
     if not force:
         found = existing_result(store, unit)
         if found is not None:

@@ -4,6 +4,10 @@ No unit decodes an image per epoch: the split unit decodes every image once into
 ``[N, C, S, S]`` uint8 array saved as an ``.npz`` next to the manifest, and training units
 load that one object. Each shard carries the digest of the manifest it was built from and is
 refused when that does not match the unit's split digest.
+
+A shard may also hold ``masks``, uint8 ``[N, S, S]`` (0 or 255, all zero for an image without
+one), in the same order; the built-in generators cut real defect regions along them. Shards
+written without masks still load (``Shard.masks`` is then ``None``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,21 @@ class Shard:
 
     images: np.ndarray  # uint8 [N, C, S, S]
     manifest_digest: str
+    masks: np.ndarray | None = None  # uint8 [N, S, S], 0/255; None when the shard has none
 
 
-def pack_shard(images: np.ndarray, manifest_digest: str) -> bytes:
+def pack_shard(images: np.ndarray, manifest_digest: str, masks: np.ndarray | None = None) -> bytes:
     """Serialise a shard (uncompressed: loading is a memcpy, and noise compresses poorly)."""
+    arrays = {"images": images, "manifest_digest": np.array(manifest_digest)}
+    if masks is not None:
+        if masks.dtype != np.uint8 or masks.shape != (len(images), *images.shape[2:]):
+            raise ValueError(
+                f"masks: must be uint8 {(len(images), *images.shape[2:])} to match the images, "
+                f"got {masks.dtype} {masks.shape}"
+            )
+        arrays["masks"] = masks
     buffer = io.BytesIO()
-    np.savez(buffer, images=images, manifest_digest=np.array(manifest_digest))
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -40,6 +53,7 @@ def unpack_shard(data: bytes, *, expected_digest: str, where: str, count: int) -
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             images = npz["images"]
             found = str(npz["manifest_digest"])
+            masks = npz["masks"] if "masks" in npz.files else None
     except (ValueError, KeyError, OSError) as error:
         raise SplitIntegrityError(f"shard {where} is unreadable: {error}") from error
     if found != expected_digest:
@@ -51,7 +65,12 @@ def unpack_shard(data: bytes, *, expected_digest: str, where: str, count: int) -
         raise SplitIntegrityError(
             f"shard {where} holds {images.shape} {images.dtype}, expected {count} uint8 images"
         )
-    return Shard(images=images, manifest_digest=found)
+    if masks is not None and (masks.dtype != np.uint8 or masks.shape != (count, *images.shape[2:])):
+        raise SplitIntegrityError(
+            f"shard {where} holds masks {masks.shape} {masks.dtype}, expected "
+            f"{(count, *images.shape[2:])} uint8 to match its images"
+        )
+    return Shard(images=images, manifest_digest=found, masks=masks)
 
 
 def decode_all(

@@ -6,7 +6,14 @@ Importing this package registers every built-in format::
     records = scan_dataset("magnetic-tile", open_store("/data/magnetic-tile"))
 """
 
-from scarce.trainer.datasets import imagefolder, magnetic_tile  # noqa: F401  (registers formats)
+from scarce.trainer.datasets import (  # noqa: F401  (importing registers the formats)
+    imagefolder,
+    magnetic_tile,
+    marble,
+    mvtec_ad,
+    plantvillage,
+    riawelc,
+)
 from scarce.trainer.datasets.base import (
     DatasetError,
     DatasetFormat,

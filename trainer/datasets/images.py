@@ -75,14 +75,22 @@ def decode_image(data: bytes, *, channels: int, size: int, name: str) -> np.ndar
 def decode_mask(data: bytes, *, size: int, name: str) -> np.ndarray:
     """Decode a pixel mask to a ``uint8`` array of shape ``[size, size]`` holding 0 or 255.
 
-    The mask is converted to grayscale, resized with nearest-neighbour sampling (so no grey
-    edge pixels are invented) and thresholded: values above 127 become 255 (defect), the rest 0.
+    Masks come in two kinds: palette or label masks (a palette image, or values 0/1), where any
+    non-zero index is a defect, and grey/white masks, thresholded at 127. The mask is resized
+    with nearest-neighbour sampling (so no grey edge pixels are invented).
     Raises :class:`DatasetError` naming ``name`` for the same reasons as :func:`decode_image`.
     """
     _check_args(size=size, channels=1)
     image = _open(data, name)
-    gray = _to_mode(image, "L", name).resize((size, size), Image.Resampling.NEAREST)
-    return np.where(np.asarray(gray, dtype=np.uint8) > 127, 255, 0).astype(np.uint8)
+    if image.mode == "P":
+        # Palette masks (e.g. Marble's crack masks) store the class as the index: 0 = none.
+        index = np.asarray(image.resize((size, size), Image.Resampling.NEAREST))
+        return np.where(index > 0, 255, 0).astype(np.uint8)
+    gray = np.asarray(
+        _to_mode(image, "L", name).resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8
+    )
+    threshold = 0 if gray.max(initial=0) <= 1 else 127  # 0/1 label masks vs 0/255 masks
+    return np.where(gray > threshold, 255, 0).astype(np.uint8)
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -1,6 +1,10 @@
-"""Synthetic sources: vendor drops (external) now; built-in generators register the same way."""
+"""Synthetic sources: vendor drops (external) and the built-in generators, found by kind."""
 
-from scarce.trainer.synth import external as _external  # noqa: F401  (registers the kind)
+# Importing a source module registers its kind.
+from scarce.trainer.synth import cutpaste as _cutpaste  # noqa: F401
+from scarce.trainer.synth import external as _external  # noqa: F401
+from scarce.trainer.synth import perlin as _perlin  # noqa: F401
+from scarce.trainer.synth import transplant as _transplant  # noqa: F401
 from scarce.trainer.synth.base import (
     SyntheticSet,
     SyntheticSource,

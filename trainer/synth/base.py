@@ -33,6 +33,9 @@ class TrainingPool:
     keys: Sequence[str]
     sha256: Sequence[str]
     test_sha256: frozenset[str] = field(default_factory=frozenset)
+    #: uint8 [N, S, S], 0/255, all zero where an image has no mask; None when the dataset has
+    #: no masks at all (or the shard predates masks).
+    masks: np.ndarray | None = None
 
     @property
     def defect_classes(self) -> list[str]:
@@ -46,7 +49,8 @@ class SyntheticSet:
 
     images: np.ndarray  # uint8 [M, C, S, S]
     labels: list[str]
-    records: list[dict]  # per image: {"label", "origin", "sha256", ...}
+    records: list[dict]  # per image: {"label", "origin", "sha256", "hasMask", ...}
+    masks: np.ndarray | None = None  # uint8 [M, S, S], 0/255, all zero where none; or None
 
     def counts(self) -> dict[str, int]:
         """Images per class."""
