@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from scarce.operator.local import LocalExecutor, RunOutcome
 from scarce.operator.plan import plan_benchmark
@@ -291,44 +290,33 @@ def test_run_on_an_s3_store(demo_data, tmp_path, s3_server, monkeypatch):
 
 
 def test_reduced_magnetic_tile_benchmark(tmp_path):
-    """All 1,344 real Magnetic Tile images through the real loader, split and trainer.
-
-    The synthetic arm is a stand-in drop of flipped real defect images made here; built-in
-    generators come with their own issue. It exercises the pipeline, not the science.
-    """
-    drop = tmp_path / "drop"
-    for cls, folder in [("Blowhole", "MT_Blowhole"), ("Break", "MT_Break"),
-                        ("Crack", "MT_Crack"), ("Fray", "MT_Fray"), ("Uneven", "MT_Uneven")]:
-        (drop / cls).mkdir(parents=True)
-        for path in sorted((MAGNETIC_TILE / folder / "Imgs").glob("*.jpg"))[:6]:
-            Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
-                drop / cls / f"{path.stem}.png")
-    document = {
-        "apiVersion": "scarce.dev/v1alpha1", "kind": "ScarceBenchmark",
-        "metadata": {"name": "mt-small"},
-        "spec": {
-            "storage": {"uri": str(tmp_path / "store")},
-            "datasets": [{"name": "magnetic-tile", "format": "magnetic-tile",
-                          "source": str(MAGNETIC_TILE), "hardestClass": "Blowhole",
-                          "split": {"testFraction": 0.3, "splitSeed": 0}}],
-            "synthetic": [{"name": "flipped", "kind": "external", "uri": str(drop),
-                           "perClass": 5}],
-            "seeds": 2,
-            "model": {"backbone": "test_resnet", "imageSize": 32, "channels": 1},
-            "schedule": {"epochs": 1, "batchSize": 64},
-        },
-    }
+    """The shipped Magnetic Tile example, shrunk: all 1,344 real images through the real loader,
+    split, the transplant and cutpaste generators, the trainer and the reducer."""
+    document = yaml.safe_load((REPO / "examples" / "magnetic-tile.yaml").read_text())
+    spec = document["spec"]
+    spec["storage"] = {"uri": str(tmp_path / "store")}
+    spec["datasets"][0]["source"] = str(MAGNETIC_TILE)
+    spec["synthetic"] = [{**s, "perClass": 4} for s in spec["synthetic"]]
+    spec["seeds"] = 2
+    spec["model"] = {"backbone": "test_resnet", "imageSize": 32, "channels": 1}
+    spec["schedule"] = {"epochs": 1, "batchSize": 64}
     outcome, _ = run_document(document, tmp_path)
     assert not outcome.failed, outcome.failed
-    split = json.loads((tmp_path / "store/results/mt-small/magnetic-tile/split.json").read_text())
+    store = tmp_path / "store" / "results" / "magnetic-tile" / "magnetic-tile"
+    split = json.loads((store / "split.json").read_text())
     counts = split["counts"]
     assert sum(sum(c.values()) for c in counts.values()) == 1344
     assert counts["Blowhole"]["test"] == round(115 * 0.3)
     assert split["goodClass"] == "Free"
+    for source in ("transplant", "cutpaste"):
+        assert split["synthetic"][source]["counts"] == {
+            c: 4 for c in ("Blowhole", "Break", "Crack", "Fray", "Uneven")}
     dataset = outcome.report["datasets"][0]
     assert dataset["hardestClass"] == "Blowhole"
-    assert set(dataset["arms"]) == {"real", "placebo", "flipped"}
-    for result in read_results(tmp_path / "store", "mt-small", "magnetic-tile"):
+    assert set(dataset["arms"]) == {"real", "placebo", "transplant", "cutpaste"}
+    results = read_results(tmp_path / "store", "magnetic-tile", "magnetic-tile")
+    assert len(results) == 8
+    for result in results:
         assert sum(result["evalCounts"].values()) == sum(c["test"] for c in counts.values())
 
 
@@ -405,3 +393,43 @@ def test_auto_hardest_class_pilot_and_few_shot(demo_data, tmp_path):
     assert curves["vendor"]["2"]["mean"] == pytest.approx(statistics.fmean(
         r["perClassAccuracy"][selection["chosen"]] for r in few_shot
         if r["unit"]["arm"] == "vendor"))
+
+
+def test_scarce_report_rebuilds_the_identical_report_from_results_alone(demo_run, tmp_path):
+    _, _, store, _ = demo_run
+    written = store / "reports" / "demo"
+    out = tmp_path / "rebuilt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.operator.cli", "report", f"{store}/results/demo",
+         "--out", str(out), "--format", "md"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.json").read_bytes() == (written / "report.json").read_bytes()
+    assert proc.stdout == (written / "report.md").read_text()
+    for name in ("report.html", "per_seed.csv", "all_classes.csv",
+                 "figures/surfaces-paired-seeds.png"):
+        assert (out / name).read_bytes() == (written / name).read_bytes(), name
+
+
+def test_report_files_hold_every_unit_and_every_class(demo_run):
+    import pandas as pd
+
+    _, _, store, _ = demo_run
+    folder = store / "reports" / "demo"
+    per_seed = pd.read_csv(folder / "per_seed.csv")
+    results = read_results(store, "demo", "surfaces")
+    assert len(per_seed) == len(results) == 9
+    for result in results:
+        row = per_seed[(per_seed.arm == result["unit"]["arm"])
+                       & (per_seed.seed == result["unit"]["seed"])].iloc[0]
+        assert row.hardestAccuracy == pytest.approx(result["perClassAccuracy"]["pit"], abs=1e-4)
+    classes = pd.read_csv(folder / "all_classes.csv")
+    assert len(classes) == 3 * 4  # every class in every arm, nothing left out
+    html = (folder / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Verdicts" in html
+    report = json.loads((folder / "report.json").read_text())
+    for comparison in report["datasets"][0]["comparisons"]:
+        for field in ("pValue", "ci95", "ciBootstrap95", "wilcoxonP", "probImprovement",
+                      "holmP", "verdict"):
+            assert field in comparison
