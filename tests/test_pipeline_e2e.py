@@ -433,3 +433,33 @@ def test_report_files_hold_every_unit_and_every_class(demo_run):
         for field in ("pValue", "ci95", "ciBootstrap95", "wilcoxonP", "probImprovement",
                       "holmP", "verdict"):
             assert field in comparison
+
+
+def test_magnetic_tile_auto_hardest_class_records_pilot_evidence(tmp_path):
+    """hardestClass: auto on the real Magnetic Tile data: the pilot trains on a validation split
+    carved from the training pool and its evidence for every defect class is in the report."""
+    document = {
+        "apiVersion": "scarce.dev/v1alpha1", "kind": "ScarceBenchmark",
+        "metadata": {"name": "mt-auto"},
+        "spec": {
+            "storage": {"uri": str(tmp_path / "store")},
+            "datasets": [{"name": "magnetic-tile", "format": "magnetic-tile",
+                          "source": str(MAGNETIC_TILE), "hardestClass": "auto",
+                          "split": {"testFraction": 0.3, "valFraction": 0.15}}],
+            "arms": ["real"], "seeds": 2, "pilotSeeds": 2,
+            "model": {"backbone": "test_resnet", "imageSize": 32, "channels": 1},
+            "schedule": {"epochs": 1, "batchSize": 64},
+        },
+    }
+    outcome, _ = run_document(document, tmp_path)
+    assert not outcome.failed, outcome.failed
+    selection = outcome.report["datasets"][0]["hardestClassSelection"]
+    assert set(selection["evidence"]) == {"Blowhole", "Break", "Crack", "Fray", "Uneven"}
+    split = json.loads(
+        (tmp_path / "store/results/mt-auto/magnetic-tile/split.json").read_text())
+    for cls, evidence in selection["evidence"].items():
+        counts = split["counts"][cls]
+        assert evidence["trainLabels"] == counts["train"] + counts["val"]
+        assert evidence["seeds"] == 2
+    assert outcome.report["datasets"][0]["hardestClass"] == selection["chosen"]
+    assert selection["chosen"] in selection["evidence"]
