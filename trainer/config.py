@@ -132,7 +132,8 @@ class DatasetConfig(ConfigModel):
     good_class: str | None = Field(
         None,
         description="The no-defect class (no synthetic images are made for it). Defaults to "
-        "the format's own ('good' for imagefolder, 'Free' for magnetic-tile).",
+        "the format's own (e.g. 'good' for imagefolder, mvtec-ad and marble, 'Free' for "
+        "magnetic-tile, 'healthy' for plantvillage, 'no_defect' for riawelc).",
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     options: dict[str, str | int | float | bool] = Field(
