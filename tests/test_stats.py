@@ -507,3 +507,12 @@ def test_verdict_refuses_bad_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         verdict(**args)
+
+
+def test_verdict_without_a_placebo_judges_vs_real_only():
+    from scarce.trainer.stats import verdict
+
+    assert verdict(5.0, 0.001, None, None, placebo_applies=False) == (
+        "holds vs real (|z| ≥ 3.4, Holm p < 0.05)"
+    )
+    assert verdict(1.0, 0.4, None, None, placebo_applies=False).startswith("no gain vs real")

@@ -231,6 +231,7 @@ def finish_report(
             comparison["verdict"] = verdict(
                 comparison["z"], comparison["holmP"], vs_placebo.get("z"),
                 vs_placebo.get("holmP"), min_abs_z=thresholds.min_abs_z, alpha=thresholds.alpha,
+                placebo_applies=comparison["arm"] != PLACEBO_ARM and PLACEBO_ARM in ds["arms"],
             )
         for comparison in ds["comparisons"]:
             if comparison["baseline"] == PLACEBO_ARM:

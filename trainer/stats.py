@@ -591,8 +591,12 @@ def verdict(
     *,
     min_abs_z: float = 3.4,
     alpha: float = 0.05,
+    placebo_applies: bool = True,
 ) -> str:
     """One plain sentence on whether a synthetic arm's gain holds, vs real and vs placebo.
+
+    With ``placebo_applies=False`` (the placebo arm itself, or a benchmark without one) the
+    sentence judges the comparison with real only.
 
     A comparison *holds* when the gain is positive and both thresholds are met:
     ``z >= min_abs_z`` (the report's |z| >= 3.4, eq. (1)) and ``Holm p < alpha``. A loss
@@ -633,6 +637,8 @@ def verdict(
         label = "harms" if vs_real == "harms" else "no gain"
         return f"{label} vs real ({_evidence(z, p_real)})"
     thresholds = f"|z| ≥ {min_abs_z:g}, Holm p < {alpha:g}"
+    if not placebo_applies:
+        return f"holds vs real ({thresholds})"
     vs_placebo = _judge(z_vs_placebo, p_placebo, min_abs_z, alpha)
     placebo_evidence = _evidence(z_vs_placebo, p_placebo)
     if vs_placebo == "holds":
