@@ -390,6 +390,10 @@ def test_auto_hardest_class_pilot_and_few_shot(demo_data, tmp_path):
     curves = report["fewShot"]["curves"]
     assert set(curves) == {"real", "vendor"}
     assert curves["real"]["2"]["n"] == 2
+    (saving,) = report["fewShot"]["labelSaving"]
+    assert saving["arm"] == "vendor" and saving["kMin"] == 2
+    figure = tmp_path / "store" / "reports" / "demo" / "figures" / "surfaces-few-shot.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
     assert curves["vendor"]["2"]["mean"] == pytest.approx(statistics.fmean(
         r["perClassAccuracy"][selection["chosen"]] for r in few_shot
         if r["unit"]["arm"] == "vendor"))
