@@ -105,7 +105,8 @@ def run(
     logs = log_dir or Path(tempfile.gettempdir()) / f"scarce-{benchmark.name}-logs"
     console.print(
         f"benchmark {benchmark.name}: {plan.total} units "
-        f"({len(plan.split)} split, {len(plan.pilot)} pilot, {len(plan.train)} train, 1 reduce), "
+        f"({len(plan.split)} split, {len(plan.pilot)} pilot, {len(plan.train)} train, "
+        f"{len(plan.fidelity)} fidelity, 1 reduce), "
         f"{workers} worker(s) on {device}; store {plan.reduce.storage.uri}",
         highlight=False,
     )
@@ -201,6 +202,7 @@ def report(
 
 def _rebuild_report(location: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Reduce again from STORE/results/NAME: the same report the run's reducer wrote."""
+    from scarce.trainer.integrity_report import fidelity_figures
     from scarce.trainer.reduce import BENCHMARK_KEY, reduce_benchmark
     from scarce.trainer.report_files import render_report_files
     from scarce.trainer.store import open_store
@@ -215,7 +217,27 @@ def _rebuild_report(location: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     store = open_store(root)
     unit = WorkUnit.model_validate(store.get_json(BENCHMARK_KEY.format(benchmark=benchmark)))
     document, used = reduce_benchmark(unit, store)
-    return document, render_report_files(document, used)
+    return document, render_report_files(
+        document, used, fidelity_figures(store, benchmark, document)
+    )
+
+
+@app.command()
+def crd(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the YAML to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the ScarceBenchmark CustomResourceDefinition generated from the spec model."""
+    from scarce.operator.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    err_console.print(f"wrote {out}", highlight=False)
 
 
 @data_app.command("demo")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from scarce.operator.plan import Plan, bind_digests
+from scarce.trainer.config import PLACEBO_ARM
 from scarce.trainer.store import open_store
 from scarce.trainer.unit import WorkUnit
 
@@ -149,16 +150,24 @@ class LocalExecutor:
                 # A local store is just a folder: make it, as `mkdir -p` would.
                 Path(store_uri.uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
             self._run_stage("split", self.plan.split, pool, outcome)
-            digests = self._split_digests(store_uri.uri, store_uri.endpoint, outcome)
-            pending = self.plan.pilot + self.plan.train
+            digests, refused = self._split_digests(store_uri.uri, store_uri.endpoint, outcome)
+            pending = self.plan.pilot + self.plan.train + self.plan.fidelity
             ready = [u for u in pending if u.dataset.name in digests]
             blocked = [u for u in pending if u.dataset.name not in digests]
             for unit in blocked:
                 self._record(outcome, {"key": unit.key, "status": "failed", "exitCode": 3,
                                        "error": f"split of {unit.dataset.name} failed"})
+            # Arms of a source the leakage check refused fail at once, naming the files; the
+            # other arms go on (anomalib's rule: log the failed job, run the rest, fail at end).
+            for unit in [u for u in ready if _refused_source(u, refused)]:
+                ready.remove(unit)
+                self._record(outcome, {"key": unit.key, "status": "failed", "exitCode": 3,
+                                       "error": _refused_source(unit, refused)})
             bound = bind_digests(ready, digests)
             self._run_stage("pilot", [u for u in bound if u.stage == "pilot"], pool, outcome)
             self._run_stage("train", [u for u in bound if u.stage == "train"], pool, outcome)
+            self._run_stage("fidelity", [u for u in bound if u.stage == "fidelity"], pool,
+                            outcome)
             if digests:
                 self._run_stage("reduce", [self.plan.reduce], pool, outcome)
                 store = open_store(store_uri.uri, endpoint=store_uri.endpoint)
@@ -218,14 +227,30 @@ class LocalExecutor:
 
     def _split_digests(
         self, store_uri: str, endpoint: str | None, outcome: RunOutcome
-    ) -> dict[str, str]:
+    ) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+        """Split digest per dataset, and the error of every (dataset, source) refused by the
+        leakage check."""
         store = open_store(store_uri, endpoint=endpoint)
-        digests = {}
+        digests, refused = {}, {}
         for unit in self.plan.split:
             if outcome.outcomes.get(unit.key, {}).get("status") == "failed":
                 continue
-            digests[unit.dataset.name] = store.get_json(unit.result_key)["splitDigest"]
-        return digests
+            result = store.get_json(unit.result_key)
+            digests[unit.dataset.name] = result["splitDigest"]
+            for source, summary in result.get("synthetic", {}).items():
+                if "error" in summary:
+                    refused[(unit.dataset.name, source)] = summary["error"]
+        return digests, refused
+
+
+def _refused_source(unit: WorkUnit, refused: dict[tuple[str, str], str]) -> str | None:
+    """The refusal a train unit inherits from its synthetic source (or placebo's), if any."""
+    if unit.stage != "train":
+        return None
+    if unit.arm == PLACEBO_ARM:
+        error = refused.get((unit.dataset.name, unit.placebo_source or ""))
+        return error and f"the placebo arm copies the counts of a refused source: {error}"
+    return refused.get((unit.dataset.name, unit.arm or ""))
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

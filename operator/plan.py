@@ -1,7 +1,8 @@
-"""Spec -> work units: split, pilot, train and reduce, with deterministic keys (pure, no I/O).
+"""Spec -> work units: split, pilot, train, fidelity and reduce, with deterministic keys (pure,
+no I/O).
 
-The same plan drives the local executor and the Kubernetes operator. Units of the pilot and
-train stages need the split digest, known only once the split stage has run; `bind_digests`
+The same plan drives the local executor and the Kubernetes operator. Units of the pilot, train
+and fidelity stages need the split digest, known only once the split stage has run; `bind_digests`
 fills it in. Relative paths in the spec are resolved against the spec file's folder here, so
 every unit is self-contained.
 """
@@ -25,6 +26,9 @@ class Plan:
     pilot: list[WorkUnit]
     train: list[WorkUnit]
     reduce: WorkUnit
+    #: One unit per dataset with synthetic sources: Figure 1's similarity of each synthetic
+    #: image to real defects, in the features of the real-only model of seed 0 (after train).
+    fidelity: list[WorkUnit] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -34,13 +38,14 @@ class Plan:
             ("split", self.split),
             ("pilot", self.pilot),
             ("train", self.train),
+            ("fidelity", self.fidelity),
             ("reduce", [self.reduce]),
         ]
 
     @property
     def total(self) -> int:
         """Number of units in the plan."""
-        return len(self.split) + len(self.pilot) + len(self.train) + 1
+        return len(self.split) + len(self.pilot) + len(self.train) + len(self.fidelity) + 1
 
 
 def resolve_uri(uri: str, base_dir: Path | None) -> str:
@@ -119,10 +124,19 @@ def plan_benchmark(benchmark: ScarceBenchmark, *, base_dir: Path | None = None) 
                     train.append(
                         unit("train", d, arm=arm, seed=seed, k=k, synthetic=arm_sources(arm))
                     )
+    # Same model and schedule as the real seed-0 unit whose weights it reads, so changing
+    # either invalidates the fidelity result too; the leakage policy decides which sets exist.
+    fidelity = [
+        unit("fidelity", d, synthetic=_sources_for(d, synthetic), leakage=spec.leakage)
+        for d in datasets
+        if _sources_for(d, synthetic)
+    ]
     reduce = unit(
         "reduce", None, arms=arms, seeds=spec.seeds, verdict=spec.verdict, few_shot=spec.few_shot
     )
-    return Plan(benchmark=name, split=split, pilot=pilot, train=train, reduce=reduce)
+    return Plan(
+        benchmark=name, split=split, pilot=pilot, train=train, reduce=reduce, fidelity=fidelity
+    )
 
 
 def _sources_for(dataset: DatasetConfig, synthetic: list[SyntheticConfig]) -> list[SyntheticConfig]:

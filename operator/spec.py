@@ -100,6 +100,18 @@ class BenchmarkSpec(ConfigModel):
         "synthetic arm are trained at each k with nested subsets.",
     )
     parallelism: int = Field(1, ge=1, le=10_000, description="Units running at once at most.")
+    suspend: bool = Field(
+        False,
+        description="Pause the benchmark: no new unit is started; running units finish. "
+        "Set it back to false to go on.",
+    )
+    queue_name: str | None = Field(
+        None,
+        max_length=63,  # it becomes a label value
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Kueue LocalQueue to submit to: Jobs are created suspended with the "
+        "kueue.x-k8s.io/queue-name label, and Kueue admits them. Default: no queue.",
+    )
     pilot_seeds: int = Field(
         3, ge=1, le=100, description="Seeds of the pilot stage (hardestClass: auto)."
     )

@@ -60,10 +60,10 @@ def validate(path: str | Path):
 def test_demo_is_valid_and_counts_its_units():
     result = validate(DEMO)
     assert result.exit_code == 0, result.output
-    # 1 split + 3 arms x 3 seeds + 1 reduce
+    # 1 split + 3 arms x 3 seeds + 1 fidelity + 1 reduce
     assert flat(result.stdout).endswith(
         "valid ScarceBenchmark 'demo': 1 dataset(s), arms real, placebo, vendor, 3 seeds, "
-        "11 units"
+        "12 units"
     ), result.stdout
     # 3 seeds is allowed but below the report's 7
     assert flat(result.stderr) == (

@@ -339,17 +339,22 @@ def test_scarce_run_cli_prints_the_table(demo_data, tmp_path):
 
 def test_same_unit_and_seed_give_the_same_result_on_cpu(demo_run, tmp_path):
     _, plan, store_root, _ = demo_run
-    split = json.loads((store_root / "results/demo/surfaces/split.json").read_text())
+    copy = tmp_path / "store"  # rerun in a copy: the shared store's results stay as written
+    subprocess.run(["cp", "-r", str(store_root), str(copy)], check=True)
+    split = json.loads((copy / "results/demo/surfaces/split.json").read_text())
     unit = next(u for u in plan.train if u.arm == "vendor" and u.seed == 1)
-    unit = unit.model_copy(update={"split_digest": split["splitDigest"]})
-    first = json.loads((store_root / unit.result_key).read_text())
+    unit = unit.model_copy(update={
+        "split_digest": split["splitDigest"],
+        "storage": unit.storage.model_copy(update={"uri": f"file://{copy}"}),
+    })
+    first = json.loads((copy / unit.result_key).read_text())
     proc = subprocess.run(
         [sys.executable, "-m", "scarce.trainer.cli", "train", "--force", "--unit-json",
          json.dumps(unit.to_json_dict())],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    second = json.loads((store_root / unit.result_key).read_text())
+    second = json.loads((copy / unit.result_key).read_text())
     assert second["finishedAt"] != first["finishedAt"]  # it really ran again
     assert second["confusionMatrix"] == first["confusionMatrix"]
     assert second["perClassAccuracy"] == first["perClassAccuracy"]

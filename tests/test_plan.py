@@ -83,8 +83,10 @@ def test_unit_counts(doc, split, train):
     assert len(plan.split) == split
     assert len(plan.pilot) == 0
     assert len(plan.train) == train
-    assert plan.total == split + train + 1
-    assert [name for name, _ in plan.stages] == ["split", "pilot", "train", "reduce"]
+    # one fidelity unit per dataset with synthetic sources
+    assert len(plan.fidelity) == (split if doc["spec"]["synthetic"] else 0)
+    assert plan.total == split + train + len(plan.fidelity) + 1
+    assert [name for name, _ in plan.stages] == ["split", "pilot", "train", "fidelity", "reduce"]
     assert plan.stages[-1][1] == [plan.reduce]
 
 
@@ -116,7 +118,7 @@ def test_pilot_units_only_for_hardest_class_auto():
     ]
     assert [u.key for u in plan.pilot] == [f"pilot/rails/seed{s}" for s in range(4)]
     assert all(u.stage == "pilot" and u.k is None for u in plan.pilot)
-    assert plan.total == 2 + 4 + 2 * 3 * 3 + 1
+    assert plan.total == 2 + 4 + 2 * 3 * 3 + 2 + 1
 
 
 def test_pilot_seeds_default_to_three():

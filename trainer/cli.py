@@ -1,6 +1,6 @@
 """`scarce-trainer`: what runs inside the trainer image (and in local worker processes).
 
-    scarce-trainer train  --unit UNIT.json [--device cpu|cuda] [--force]
+    scarce-trainer train  --unit UNIT.json [--device cpu|cuda] [--force]   (also pilot, fidelity)
     scarce-trainer split  --unit UNIT.json
     scarce-trainer reduce --unit UNIT.json
     scarce-trainer serve  [--device cpu]      # JSON lines: one unit in, one outcome out
@@ -24,7 +24,9 @@ from scarce.trainer.unit import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, WorkUnit
 
 log = logging.getLogger("scarce.trainer")
 
-_STAGES_OF_COMMAND = {"train": ("train", "pilot"), "split": ("split",), "reduce": ("reduce",)}
+_STAGES_OF_COMMAND = {
+    "train": ("train", "pilot", "fidelity"), "split": ("split",), "reduce": ("reduce",)
+}
 
 
 def load_unit(path: str | None, inline: str | None) -> WorkUnit:

@@ -22,8 +22,14 @@ from scarce.trainer.splits import (
     verify_manifest,
 )
 from scarce.trainer.store import ObjectNotFound, Store
-from scarce.trainer.synth import placebo_indices
-from scarce.trainer.unit import WorkUnit, shard_name, split_prefix, synthetic_prefix
+from scarce.trainer.synth import SyntheticSourceError, placebo_indices
+from scarce.trainer.unit import (
+    WorkUnit,
+    result_key_for,
+    shard_name,
+    split_prefix,
+    synthetic_prefix,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def load_synthetic(store: Store, unit: WorkUnit, source: str) -> tuple[dict, np.
     """Read a synthetic set made for the unit's split, verified against its manifest."""
     prefix = synthetic_prefix(source, unit.dataset.name, unit.split_digest or "")
     manifest_key = f"{prefix}/manifest.json"
-    manifest = store.get_json(manifest_key)
+    manifest = synthetic_manifest(store, unit, source)
     if manifest.get("splitDigest") != unit.split_digest:
         raise SplitIntegrityError(
             f"synthetic set {store.uri}/{manifest_key} was made for split "
@@ -82,6 +88,25 @@ def load_synthetic(store: Store, unit: WorkUnit, source: str) -> tuple[dict, np.
         count=len(manifest["items"]),
     )
     return manifest, shard.images
+
+
+def synthetic_manifest(store: Store, unit: WorkUnit, source: str) -> dict[str, Any]:
+    """The manifest of a source's synthetic set for the unit's split.
+
+    A missing manifest is a permanent error: the split unit publishes a set only once it is
+    made and has passed the leakage check, so the split result says why it is not there.
+    """
+    key = f"{synthetic_prefix(source, unit.dataset.name, unit.split_digest or '')}/manifest.json"
+    try:
+        return store.get_json(key)
+    except ObjectNotFound as error:
+        split_result = result_key_for(unit.model_copy(update={"stage": "split"}))
+        raise SyntheticSourceError(
+            f"synthetic source {source!r} of dataset {unit.dataset.name!r} has no published "
+            f"set for split {unit.split_digest} ({store.uri}/{key} is missing); see "
+            f"synthetic.{source} in the split result {store.uri}/{split_result} (a source "
+            "refused by the leakage check is never published)"
+        ) from error
 
 
 def assemble(store: Store, unit: WorkUnit) -> UnitData:
@@ -107,9 +132,7 @@ def assemble(store: Store, unit: WorkUnit) -> UnitData:
         source = unit.placebo_source
         if not source:
             raise ValueError(f"unit {unit.key}: the placebo arm needs placeboSource")
-        counts = store.get_json(
-            f"{synthetic_prefix(source, unit.dataset.name, unit.split_digest or '')}/manifest.json"
-        )["counts"]
+        counts = synthetic_manifest(store, unit, source)["counts"]
         extra = placebo_indices(labels, pool, counts, classes, seed)
         train_images = np.concatenate([train_images, images[extra]])
         train_labels = np.concatenate([train_labels, labels[extra]])

@@ -84,3 +84,50 @@ def paired_seeds_figure(dataset: dict[str, Any]) -> bytes | None:
     ax.set_title(f"{dataset['dataset']}: paired by seed (n = {len(seeds)})")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
+
+
+def fidelity_figure(rows: list[dict[str, Any]]) -> bytes | None:
+    """Report Figure 1: one row per synthetic image, [synthetic | its mask | nearest real defect],
+    with the feature-space cosine between the two printed.
+
+    Each row holds ``source``, ``label``, ``synthetic`` and ``real`` (uint8 ``[C, S, S]``),
+    ``mask`` (uint8 ``[S, S]`` or None: the source ships none) and ``cosine``; optional
+    ``syntheticName`` and ``realName`` caption the images. The rows are chosen by similarity
+    (see `scarce.trainer.fidelity`), never by hand.
+    """
+    if not rows:
+        return None
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows)), squeeze=False,
+                             layout="constrained")
+    for row, (ax_synth, ax_mask, ax_real) in zip(rows, axes, strict=True):
+        _show(ax_synth, row["synthetic"])
+        if row.get("mask") is not None:
+            ax_mask.imshow(row["mask"], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax_mask.text(0.5, 0.5, "no mask\nshipped", ha="center", va="center", fontsize=8)
+        _show(ax_real, row["real"])
+        ax_synth.set_title(f"{row['source']} · {row['label']}", fontsize=8)
+        ax_mask.set_title("its mask", fontsize=8)
+        ax_real.set_title(f"nearest real defect · cos {row['cosine']:.3f}", fontsize=8)
+        ax_synth.set_xlabel(_short(row.get("syntheticName")), fontsize=6)
+        ax_real.set_xlabel(_short(row.get("realName")), fontsize=6)
+        for ax in (ax_synth, ax_mask, ax_real):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Synthetic images beside their nearest real defect (feature-space cosine)",
+                 fontsize=9)
+    return _png(fig)
+
+
+def _show(ax: Any, image: Any) -> None:
+    """Draw a uint8 [C, S, S] image: grey for one channel, RGB for three."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image.transpose(1, 2, 0))
+
+
+def _short(name: str | None, limit: int = 40) -> str:
+    if not name:
+        return ""
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]

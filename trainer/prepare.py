@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from scarce.trainer.config import DatasetConfig, SyntheticConfig
+from scarce.trainer.config import DatasetConfig, LeakageConfig, SyntheticConfig
 from scarce.trainer.datasets import get_format, scan_dataset
 from scarce.trainer.datasets.images import decode_image, decode_mask
-from scarce.trainer.shards import decode_all, pack_shard, unpack_shard
+from scarce.trainer.leakage import METHOD, SplitReference, capped, refusal_message, refusing
+from scarce.trainer.shards import Shard, decode_all, pack_shard, unpack_shard
 from scarce.trainer.splits import SourceImage, build_manifest, manifest_digest, role_counts
 from scarce.trainer.store import Store, open_store
-from scarce.trainer.synth import TrainingPool, get_source
+from scarce.trainer.synth import SyntheticSet, TrainingPool, get_source
+from scarce.trainer.synth.builtin import BuiltinGenerator
 from scarce.trainer.unit import WorkUnit, shard_name, split_prefix, synthetic_prefix
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,38 @@ def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> di
     if not store.exists(f"{prefix}/manifest.json"):
         store.put_json(f"{prefix}/manifest.json", manifest)
 
+    shard = unpack_shard(
+        store.get_bytes(shard_key), expected_digest=digest, where=shard_key,
+        count=len(manifest["items"]),
+    )
+    # Hashed once per split; every synthetic set is checked against it before it is published.
+    reference = SplitReference(manifest["items"], shard.images)
+    train_test = reference.train_test(unit.leakage.max_hash_distance)
+    leakage: dict[str, Any] = {
+        "policy": unit.leakage.policy,
+        "maxHashDistance": unit.leakage.max_hash_distance,
+        "method": METHOD,
+        "trainTest": capped(train_test),
+        "trainTestCount": len(train_test),
+        "synthetic": {},
+        "syntheticCounts": {},
+    }
     synthetic = {}
     if unit.synthetic:
-        pool = _training_pool(store, manifest, digest, shard_key)
+        pool = _training_pool(manifest, shard)
         for config in unit.synthetic:
-            synthetic[config.name] = prepare_synthetic(
-                config, pool, store, dataset.name, digest, size, channels, base_dir
+            summary = prepare_synthetic(
+                config, pool, store, dataset.name, digest, size, channels, base_dir,
+                reference=reference, leakage=unit.leakage,
             )
+            synthetic[config.name] = summary
+            # A refused source keeps its matches beside its error; the others list them once,
+            # in the leakage section.
+            refused = "error" in summary
+            leaks = summary["leaks"] if refused else summary.pop("leaks")
+            counts = summary["leakCounts"] if refused else summary.pop("leakCounts")
+            leakage["synthetic"][config.name] = leaks
+            leakage["syntheticCounts"][config.name] = counts
     return {
         "splitDigest": digest,
         "manifestKey": f"{prefix}/manifest.json",
@@ -62,6 +89,7 @@ def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> di
         "goodClass": manifest["goodClass"],
         "counts": role_counts(manifest),
         "synthetic": synthetic,
+        "leakage": leakage,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -101,37 +129,106 @@ def prepare_synthetic(
     size: int,
     channels: int,
     base_dir: Path | None,
+    *,
+    reference: SplitReference | None = None,
+    leakage: LeakageConfig | None = None,
 ) -> dict[str, Any]:
-    """Make (or reuse) one source's synthetic set for this split; return its summary."""
+    """Make (or reuse) one source's synthetic set for this split; return its summary.
+
+    With a `reference`, every image is checked against the split's test and training images
+    before the set is published (see `scarce.trainer.leakage`); the matches come back under
+    ``leaks``. Under the refuse policy a source that leaks test images is not published (its
+    manifest is removed if an earlier flag run published it), so no unit can train on it: the
+    summary is then ``{"error": ..., "leaks": [...]}`` instead of raising, and the other arms
+    of the benchmark go on.
+    """
     prefix = synthetic_prefix(config.name, dataset, digest)
     manifest_key = f"{prefix}/manifest.json"
     shard_key = f"{prefix}/{shard_name(size, channels)}"
+    manifest, made = _existing_or_new(
+        config, pool, store, dataset, digest, size, channels, base_dir, manifest_key, shard_key
+    )
+    matches: list[dict[str, Any]] = []
+    offending: list[dict[str, Any]] = []
+    if reference is not None:
+        policy = leakage or LeakageConfig()
+        images = made.images if made is not None else unpack_shard(
+            store.get_bytes(shard_key), expected_digest=manifest_digest(manifest),
+            where=shard_key, count=len(manifest["items"]),
+        ).images
+        matches = reference.screen(images, manifest["items"], policy.max_hash_distance)
+        # Built-in generators get a TrainingPool, which holds no test pixels (the planted-marker
+        # test proves it): a test match of theirs is two similar images of a homogeneous
+        # dataset (a defect pasted onto a training tile that resembles a test tile), not a
+        # leak. Reported, never refused; every other source (a vendor's drop) is refused.
+        builtin = isinstance(get_source(config.kind), BuiltinGenerator)
+        offending = [] if builtin else refusing(matches)
+        if offending and policy.policy == "refuse":
+            if made is None:
+                store.delete(manifest_key)  # published by an earlier run under policy flag
+            log.warning("synthetic source %s refused: %d test match(es)", config.name,
+                        len(offending))
+            return {
+                "error": refusal_message(config.name, config.uri, offending),
+                "leaks": capped(matches),
+                "leakCounts": _leak_counts(matches, offending),
+            }
+    if made is not None:
+        store.put_bytes(shard_key, pack_shard(made.images, manifest_digest(manifest), made.masks))
+        store.put_json(manifest_key, manifest)
+    summary = _synthetic_summary(manifest, manifest_key, shard_key)
+    if reference is not None:
+        summary["leaks"] = capped(matches)
+        summary["leakCounts"] = _leak_counts(matches, offending)
+    return summary
+
+
+def _existing_or_new(
+    config: SyntheticConfig,
+    pool: TrainingPool,
+    store: Store,
+    dataset: str,
+    digest: str,
+    size: int,
+    channels: int,
+    base_dir: Path | None,
+    manifest_key: str,
+    shard_key: str,
+) -> tuple[dict[str, Any], SyntheticSet | None]:
+    """The manifest of the set published for this config (and None), or a new set's manifest
+    and the set itself, not yet published."""
     if store.exists(manifest_key) and store.exists(shard_key):
-        manifest = store.get_json(manifest_key)
-        if manifest.get("config") == config.to_json_dict():
-            return _synthetic_summary(manifest, manifest_key, shard_key)
-    synthetic = get_source(config.kind).generate(
+        found = store.get_json(manifest_key)
+        if found.get("config") == config.to_json_dict():
+            return found, None
+    made = get_source(config.kind).generate(
         config,
         pool,
         image_size=size,
         channels=channels,
         base_dir=str(base_dir) if base_dir else None,
     )
-    masks = synthetic.masks
+    masks = made.masks
     manifest = {
         "source": config.name,
         "config": config.to_json_dict(),
         "dataset": dataset,
         "splitDigest": digest,
-        "counts": synthetic.counts(),
+        "counts": made.counts(),
         "items": [
             {**record, "hasMask": masks is not None and bool(masks[i].any())}
-            for i, record in enumerate(synthetic.records)
+            for i, record in enumerate(made.records)
         ],
     }
-    store.put_bytes(shard_key, pack_shard(synthetic.images, manifest_digest(manifest), masks))
-    store.put_json(manifest_key, manifest)
-    return _synthetic_summary(manifest, manifest_key, shard_key)
+    return manifest, made
+
+
+def _leak_counts(matches: list[dict[str, Any]], offending: list) -> dict[str, int]:
+    """Matches with test and with training images, and how many of them leak test images
+    (`refusing`: the ones that refuse the source under policy refuse)."""
+    counts = {against: sum(1 for m in matches if m["against"] == against)
+              for against in ("test", "training")}
+    return {**counts, "refusing": len(offending)}
 
 
 def _synthetic_summary(manifest: dict, manifest_key: str, shard_key: str) -> dict[str, Any]:
@@ -143,14 +240,9 @@ def _synthetic_summary(manifest: dict, manifest_key: str, shard_key: str) -> dic
     }
 
 
-def _training_pool(
-    store: Store, manifest: dict[str, Any], digest: str, shard_key: str
-) -> TrainingPool:
+def _training_pool(manifest: dict[str, Any], shard: Shard) -> TrainingPool:
     """The training split (train + val roles) as arrays; test images only as sha256 to refuse."""
     items = manifest["items"]
-    shard = unpack_shard(
-        store.get_bytes(shard_key), expected_digest=digest, where=shard_key, count=len(items)
-    )
     classes = manifest["classes"]
     train = [i for i, item in enumerate(items) if item["role"] != "test"]
     return TrainingPool(

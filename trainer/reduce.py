@@ -17,6 +17,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from scarce.trainer.config import AUTO, PLACEBO_ARM, REAL_ARM, VerdictConfig
+from scarce.trainer.integrity_report import (
+    fidelity_figures,
+    fidelity_section,
+    leakage_section,
+    uses_refused_source,
+)
 from scarce.trainer.stats import (
     bootstrap_ci,
     holm_bonferroni,
@@ -27,8 +33,8 @@ from scarce.trainer.stats import (
     verdict,
     wilcoxon_signed_rank,
 )
-from scarce.trainer.store import Store
-from scarce.trainer.unit import WorkUnit
+from scarce.trainer.store import ObjectNotFound, Store
+from scarce.trainer.unit import WorkUnit, fidelity_key
 
 REPORT_SCHEMA = "scarce.report/v1"
 BENCHMARK_KEY = "results/{benchmark}/benchmark.json"
@@ -250,11 +256,12 @@ def finish_report(
 
 
 def load_results(store: Store, benchmark: str, dataset: str) -> list[dict[str, Any]]:
-    """Every train result of a dataset (pilot and split results excluded)."""
+    """Every train result of a dataset (pilot, split and fidelity results excluded)."""
     prefix = f"results/{benchmark}/{dataset}/"
     keys = [
         k for k in store.list(prefix)
-        if k.endswith(".json") and "/pilot/" not in k and not k.endswith("/split.json")
+        if k.endswith(".json") and "/pilot/" not in k
+        and not k.endswith(("/split.json", "/fidelity.json"))
     ]
     return [store.get_json(k) for k in keys]
 
@@ -266,9 +273,11 @@ def reduce_benchmark(unit: WorkUnit, store: Store) -> tuple[dict[str, Any], list
     for dataset in unit.datasets:
         split = store.get_json(f"results/{unit.benchmark}/{dataset.name}/split.json")
         digest = split["splitDigest"]
+        leakage = leakage_section(split)
+        refused = leakage["refused"] if leakage else {}
         results = [
             r for r in load_results(store, unit.benchmark, dataset.name)
-            if r.get("splitDigest") == digest
+            if r.get("splitDigest") == digest and not uses_refused_source(r["unit"], refused)
         ]
         used += results
         pilot_keys = store.list(f"results/{unit.benchmark}/{dataset.name}/pilot/")
@@ -292,6 +301,9 @@ def reduce_benchmark(unit: WorkUnit, store: Store) -> tuple[dict[str, Any], list
             arm_order=list(unit.arms), selection=selection,
         )
         summary["splitDigest"] = digest
+        if leakage is not None:
+            summary["leakage"] = leakage
+        _add_fidelity(summary, store, unit)
         summaries.append(summary)
     report = finish_report(
         benchmark=unit.benchmark, datasets=summaries, thresholds=unit.verdict,
@@ -300,11 +312,27 @@ def reduce_benchmark(unit: WorkUnit, store: Store) -> tuple[dict[str, Any], list
     return report, used
 
 
+def _add_fidelity(summary: dict[str, Any], store: Store, unit: WorkUnit) -> None:
+    """Copy the dataset's fidelity result into its summary (or warn that it is missing)."""
+    try:
+        result = store.get_json(fidelity_key(unit.benchmark, summary["dataset"]))
+    except ObjectNotFound:
+        result = None
+    if result is not None and result.get("splitDigest") == summary["splitDigest"]:
+        summary["fidelity"] = fidelity_section(result)
+    elif any(arm not in (REAL_ARM, PLACEBO_ARM) for arm in unit.arms):
+        summary["warnings"].append(
+            f"no fidelity result for this split (fidelity/{summary['dataset']} did not run or "
+            "failed): the similarity of synthetic to real images is not reported"
+        )
+
+
 def run_reduce_unit(unit: WorkUnit, store: Store) -> dict[str, Any]:
     """Reduce, then write every report file; returns the report (written as report.json)."""
     from scarce.trainer.report_files import write_report_files
 
     store.put_json(BENCHMARK_KEY.format(benchmark=unit.benchmark), unit.to_json_dict())
     report, used = reduce_benchmark(unit, store)
-    write_report_files(store, f"reports/{unit.benchmark}", report, used)
+    pngs = fidelity_figures(store, unit.benchmark, report)
+    write_report_files(store, f"reports/{unit.benchmark}", report, used, extra_pngs=pngs)
     return report

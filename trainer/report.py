@@ -141,6 +141,7 @@ def render_markdown(report: dict[str, Any], all_classes: Any = None) -> str:
                 + f" | {_fmt(summary['mean'])} | {_fmt(summary['sd'])} |"
             )
         lines.append("")
+        lines += leakage_markdown(ds) + fidelity_markdown(ds)
     if all_classes is not None and len(all_classes):
         lines += [
             "## Every class in every arm (supplementary)",
@@ -167,3 +168,88 @@ def _p(value: float | None) -> str:
 
 def _seeds(ds: dict[str, Any]) -> list[int]:
     return sorted({int(s) for arm in ds["arms"].values() for s in arm["perSeed"]})
+
+
+def leakage_markdown(ds: dict[str, Any]) -> list[str]:
+    """What the leakage check found for one dataset ("none" when nothing)."""
+    leakage = ds.get("leakage")
+    if leakage is None:
+        return []
+    lines = [
+        f"Leakage check ({ds['dataset']}; policy {leakage['policy']}, near duplicate = "
+        f"perceptual-hash distance ≤ {leakage['maxHashDistance']} bits, or identical bytes):",
+        "",
+    ]
+    pairs = leakage.get("trainTest", [])
+    count = leakage.get("trainTestCount", len(pairs))
+    lines.append(
+        "- training vs test split: none" if not count else
+        f"- training vs test split: {count} near-duplicate pair(s), e.g. "
+        + "; ".join(f"{p['train']} ~ {p['test']} ({_match(p)})" for p in pairs[:3])
+        + " (the split is the data: flagged, not refused)"
+    )
+    for source, matches in leakage.get("synthetic", {}).items():
+        counts = leakage.get("syntheticCounts", {}).get(source, {})
+        error = leakage.get("refused", {}).get(source)
+        if error:
+            lines.append(f"- {source}: REFUSED, its arms did not run: {error}")
+        elif not matches:
+            lines.append(f"- {source}: none")
+        else:
+            shown = "; ".join(
+                f"{m['synthetic']} ~ {m['against']} image {m['real']} ({_match(m)})"
+                for m in matches[:3]
+            )
+            test = counts.get("test", 0)
+            why = ""
+            if test and not counts.get("refusing"):
+                why = (" (none leaks test information: each is a built-in generator's image, "
+                       "which never sees test pixels, or its test image already has a training "
+                       "near duplicate)")
+            elif counts.get("refusing"):
+                why = f" ({counts['refusing']} of them leak test information; flagged, trained on)"
+            lines.append(
+                f"- {source}: {test} match(es) with test images{why}, "
+                f"{counts.get('training', 0)} with training images, e.g. {shown}"
+            )
+    if any(c.get("training") for c in leakage.get("syntheticCounts", {}).values()):
+        lines.append(
+            "- (a generator that pastes defects onto training images makes near duplicates of "
+            "them by design; from a vendor, they are real training images sold as synthetic)"
+        )
+    return [*lines, ""]
+
+
+def fidelity_markdown(ds: dict[str, Any]) -> list[str]:
+    """Figure 1's numbers: mean cosine of each synthetic image to its nearest real defect."""
+    fidelity = ds.get("fidelity")
+    if not fidelity:
+        return []
+    extractor = fidelity["extractor"]
+    reference = fidelity.get("realReference", {})
+    lines = [
+        f"Fidelity ({ds['dataset']}): mean feature-space cosine similarity of each synthetic "
+        "image to its nearest real training defect of the same class. Extractor: "
+        f"{extractor['name']} ({extractor['backbone']}, {extractor['imageSize']} px, "
+        f"weights {extractor['weights']}). Real-to-real: the same for each real training "
+        "defect and its nearest other one.",
+        "",
+        "| Source | Class | Mean cosine | sd | n | Real-to-real |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, found in fidelity["sources"].items():
+        if "error" in found:
+            lines.append(f"| {source} | - | not measured: refused | | | |")
+            continue
+        for cls, v in found["perClass"].items():
+            hardest = " (hardest)" if cls == ds["hardestClass"] else ""
+            real = reference.get(cls, {}).get("meanCosine")
+            lines.append(
+                f"| {source} | {cls}{hardest} | {v['meanCosine']:.3f} | "
+                f"{_fmt(v.get('sdCosine'), 3)} | {v['n']} | {_fmt(real, 3)} |"
+            )
+    return [*lines, ""]
+
+
+def _match(match: dict[str, Any]) -> str:
+    return "identical bytes" if match["exact"] else f"distance {match['distance']}"

@@ -116,13 +116,16 @@ figure{{display:inline-block;margin:.5rem}}pre{{white-space:pre-wrap}}</style></
 
 
 def render_report_files(
-    report: Mapping[str, Any], results: Iterable[Mapping[str, Any]]
+    report: Mapping[str, Any],
+    results: Iterable[Mapping[str, Any]],
+    extra_pngs: Mapping[str, bytes] | None = None,
 ) -> dict[str, bytes]:
-    """Every report file by name (relative to the report folder)."""
+    """Every report file by name (relative to the report folder); `extra_pngs` are figures the
+    reducer drew from the store (Figure 1 needs the shards' pixels, not just the report)."""
     results = list(results)
     classes = all_classes_table(report)
     per_seed = per_seed_table(results, report)
-    pngs = figures(report)
+    pngs = {**figures(report), **(extra_pngs or {})}
     markdown = render_markdown(dict(report), classes)
     files = {
         "report.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
@@ -146,10 +149,14 @@ _CONTENT_TYPES = {".json": "application/json", ".md": "text/markdown", ".html": 
 
 
 def write_report_files(
-    sink: _Sink, prefix: str, report: Mapping[str, Any], results: Iterable[Mapping[str, Any]]
+    sink: _Sink,
+    prefix: str,
+    report: Mapping[str, Any],
+    results: Iterable[Mapping[str, Any]],
+    extra_pngs: Mapping[str, bytes] | None = None,
 ) -> list[str]:
     """Write every file under `prefix`; report.json last, so its presence means complete."""
-    files = render_report_files(report, results)
+    files = render_report_files(report, results, extra_pngs)
     keys = []
     for name in sorted(files, key=lambda n: n == "report.json"):
         suffix = name[name.rfind("."):]

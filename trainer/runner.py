@@ -90,6 +90,10 @@ def run_unit(unit: WorkUnit, *, device: str = "cpu", force: bool = False) -> tup
         from scarce.trainer.prepare import run_split_unit
 
         body = run_split_unit(unit, store, base_dir=None)
+    elif unit.stage == "fidelity":
+        from scarce.trainer.fidelity import run_fidelity_unit
+
+        body = run_fidelity_unit(unit, store, device=device)
     else:
         from scarce.trainer.train import run_train_unit
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scarce.trainer.config import AugmentationConfig, ModelConfig, ScheduleConfig
+from scarce.trainer.config import REAL_ARM, AugmentationConfig, ModelConfig, ScheduleConfig
 from scarce.trainer.data import UnitData, assemble
 from scarce.trainer.store import Store, open_store
-from scarce.trainer.unit import WorkUnit
+from scarce.trainer.unit import WorkUnit, extractor_weights_key
 
 #: Inputs are scaled from uint8 to about [-2, 2]; one constant for every dataset keeps the
 #: comparison between arms free of per-arm statistics.
@@ -193,6 +193,15 @@ def per_class_recall(matrix: np.ndarray, classes: list[str]) -> dict[str, float 
     }
 
 
+def save_extractor_weights(model: nn.Module, unit: WorkUnit, store: Store) -> dict[str, str]:
+    """Save the real-only seed-0 model, the fidelity stage's feature extractor (written before
+    the unit's result, atomically by the store); returns its key and sha256."""
+    key = extractor_weights_key(unit.benchmark, unit.dataset.name)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return {"key": key, "sha256": store.put_bytes(key, buffer.getvalue())}
+
+
 def run_train_unit(unit: WorkUnit, store: Store, *, device: str = "cpu") -> dict[str, Any]:
     """Train and evaluate one unit; returns the result body (the caller writes it)."""
     timings: dict[str, float] = {}
@@ -247,7 +256,11 @@ def run_train_unit(unit: WorkUnit, store: Store, *, device: str = "cpu") -> dict
     )
     timings["eval"] = time.perf_counter() - eval_start
     trained = len(data.train_images) * schedule.epochs
+    extra = {}
+    if unit.stage == "train" and unit.arm == REAL_ARM and unit.seed == 0 and unit.k is None:
+        extra["extractorWeights"] = save_extractor_weights(model, unit, store)
     return {
+        **extra,
         "classes": data.classes,
         "perClassAccuracy": per_class_recall(matrix, data.classes),
         "confusionMatrix": matrix.tolist(),

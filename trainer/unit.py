@@ -24,7 +24,7 @@ from scarce.trainer.config import (
     VerdictConfig,
 )
 
-Stage = Literal["split", "pilot", "train", "reduce"]
+Stage = Literal["split", "pilot", "train", "fidelity", "reduce"]
 
 #: Exit codes of `scarce-trainer`. A permanent error (bad config, bad data, digest mismatch)
 #: would fail again on retry, so Kubernetes Jobs fail at once on it (podFailurePolicy);
@@ -84,6 +84,8 @@ class WorkUnit(ConfigModel):
             return f"split/{name}"
         if self.stage == "pilot":
             return f"pilot/{name}/seed{self.seed}"
+        if self.stage == "fidelity":
+            return f"fidelity/{name}"
         return f"train/{name}/{self.arm}/{k_label(self.k)}/seed{self.seed}"
 
     @property
@@ -119,7 +121,20 @@ def result_key_for(unit: WorkUnit) -> str:
         return f"results/{bench}/{dataset}/split.json"
     if unit.stage == "pilot":
         return f"results/{bench}/{dataset}/pilot/seed{unit.seed}.json"
+    if unit.stage == "fidelity":
+        return fidelity_key(bench, dataset)
     return f"results/{bench}/{dataset}/{unit.arm}/{k_label(unit.k)}/seed{unit.seed}.json"
+
+
+def fidelity_key(benchmark: str, dataset: str) -> str:
+    """Store key of a dataset's fidelity result (report Figure 1's numbers)."""
+    return f"results/{benchmark}/{dataset}/fidelity.json"
+
+
+def extractor_weights_key(benchmark: str, dataset: str) -> str:
+    """Store key of the weights the fidelity stage extracts features with: the real-only model
+    of seed 0 (saved by that train unit only)."""
+    return f"models/{benchmark}/{dataset}/real-seed0.pt"
 
 
 def split_prefix(dataset: str, digest: str) -> str:
