@@ -306,8 +306,18 @@ def test_reduced_magnetic_tile_benchmark(tmp_path):
     split = json.loads((store / "split.json").read_text())
     counts = split["counts"]
     assert sum(sum(c.values()) for c in counts.values()) == 1344
-    assert counts["Blowhole"]["test"] == round(115 * 0.3)
+    # Whole groups of near-duplicate exposures are dealt, so the test share is near, not exact.
+    assert abs(counts["Blowhole"]["test"] - round(115 * 0.3)) <= 6
     assert split["goodClass"] == "Free"
+    manifest = json.loads((tmp_path / "store" / split["manifestKey"]).read_text())
+    assert manifest["nearDuplicateDistance"] == 4
+    # Near-duplicate exposures are grouped before the split (hashed from the originals); the
+    # leakage check re-hashes at the model's size, where a few more pairs come within 4 bits.
+    # Without grouping this split had 565 train/test near-duplicate pairs.
+    same_class = {m["test"] for m in split["leakage"]["trainTest"]
+                  if m["trainLabel"] == m["testLabel"]}
+    n_test = sum(c["test"] for c in counts.values())
+    assert len(same_class) < 0.1 * n_test, sorted(same_class)[:3]
     for source in ("transplant", "cutpaste"):
         assert split["synthetic"][source]["counts"] == {
             c: 4 for c in ("Blowhole", "Break", "Crack", "Fray", "Uneven")}

@@ -86,7 +86,7 @@ def test_same_bytes_with_two_labels_is_refused():
 
 
 def test_too_small_class_is_named():
-    with pytest.raises(ValueError, match="class 'pit' has 1 distinct images, too few"):
+    with pytest.raises(ValueError, match=r"class 'pit' has 1 distinct images \(or groups"):
         manifest(SplitConfig(test_fraction=0.5), images({"good": 10, "pit": 1}))
 
 
@@ -144,3 +144,35 @@ def test_placebo_only_duplicates_images_of_the_pool():
     pool = np.array([0, 1, 2])  # images 3 and 4 are not in the training pool
     chosen = placebo_indices(labels, pool, {"pit": 4}, classes, seed=0)
     assert set(chosen.tolist()) == {2}
+
+
+def _hashes(base: int) -> tuple[int, ...]:
+    return (base, *(base ^ (1 << (10 + v)) for v in range(7)))
+
+
+def test_near_duplicates_are_kept_in_one_role():
+    # Five "exposures" of each of 8 crack tiles: perceptual hashes 1 bit apart within a tile.
+    rng = np.random.default_rng(0)  # random 64-bit hashes are ~32 bits apart
+    bases = [int(b) for b in rng.integers(0, 2**63, size=28, dtype=np.int64)]
+    imgs = [SourceImage(f"good/{i}.png", "good", f"g{i}", phash=_hashes(bases[i]))
+            for i in range(20)]
+    for tile in range(8):
+        base = bases[20 + tile]
+        imgs += [SourceImage(f"crack/t{tile}e{e}.png", "crack", f"c{tile}{e}",
+                             phash=_hashes(base ^ (1 << e))) for e in range(5)]
+    m = build_manifest(dataset="d", format_name="imagefolder", good_class="good",
+                       split=SplitConfig(test_fraction=0.3), images=imgs, near_distance=4)
+    roles: dict[str, set[str]] = {}
+    for item in m["items"]:
+        if item["label"] == "crack":
+            roles.setdefault(item["key"].split("e")[0], set()).add(item["role"])
+    assert all(len(r) == 1 for r in roles.values())  # every tile wholly in one role
+    assert sum(1 for r in roles.values() if r == {"test"}) >= 1
+    assert m["nearDuplicateDistance"] == 4
+    without = build_manifest(dataset="d", format_name="imagefolder", good_class="good",
+                             split=SplitConfig(test_fraction=0.3), images=imgs)
+    mixed = {}
+    for item in without["items"]:
+        if item["label"] == "crack":
+            mixed.setdefault(item["key"].split("e")[0], set()).add(item["role"])
+    assert any(len(r) > 1 for r in mixed.values())  # without grouping, tiles get split up

@@ -19,7 +19,14 @@ import numpy as np
 from scarce.trainer.config import DatasetConfig, LeakageConfig, SyntheticConfig
 from scarce.trainer.datasets import get_format, scan_dataset
 from scarce.trainer.datasets.images import decode_image, decode_mask
-from scarce.trainer.leakage import METHOD, SplitReference, capped, refusal_message, refusing
+from scarce.trainer.leakage import (
+    METHOD,
+    SplitReference,
+    capped,
+    dihedral_phash64,
+    refusal_message,
+    refusing,
+)
 from scarce.trainer.shards import Shard, decode_all, pack_shard, unpack_shard
 from scarce.trainer.splits import SourceImage, build_manifest, manifest_digest, role_counts
 from scarce.trainer.store import Store, open_store
@@ -29,13 +36,16 @@ from scarce.trainer.unit import WorkUnit, shard_name, split_prefix, synthetic_pr
 
 log = logging.getLogger(__name__)
 
+#: Images are hashed at this size for grouping near duplicates (phash itself works at 32 px).
+_PHASH_SIZE = 64
+
 
 def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> dict[str, Any]:
     """Freeze the split of the unit's dataset and prepare its synthetic sets; return the result."""
     started = time.perf_counter()
     dataset = unit.dataset
     source = open_store(dataset.source, base_dir=base_dir)
-    manifest = freeze_split(dataset, source)
+    manifest = freeze_split(dataset, source, unit.leakage.max_hash_distance)
     digest = manifest_digest(manifest)
     prefix = split_prefix(dataset.name, digest)
     size, channels = unit.model.image_size, unit.model.channels
@@ -94,15 +104,30 @@ def run_split_unit(unit: WorkUnit, store: Store, *, base_dir: Path | None) -> di
     }
 
 
-def freeze_split(dataset: DatasetConfig, source: Store) -> dict[str, Any]:
-    """Scan the source, hash every image and build the canonical split manifest."""
+def freeze_split(
+    dataset: DatasetConfig, source: Store, near_distance: int | None = None
+) -> dict[str, Any]:
+    """Scan the source, hash every image (sha256 and perceptual) and build the manifest.
+
+    With `near_distance`, near-duplicate images of a class are kept in one role (see
+    `scarce.trainer.splits`).
+    """
     fmt = get_format(dataset.format)
     records = scan_dataset(dataset.format, source, dataset.options)
+
+    def hashes(key: str) -> tuple[str, tuple[int, ...] | None]:
+        data = source.get_bytes(key, verify=False)
+        if near_distance is None:
+            return hashlib.sha256(data).hexdigest(), None
+        small = decode_image(data, channels=1, size=_PHASH_SIZE, name=key)[None]
+        variants = dihedral_phash64(small)[:, 0]
+        return hashlib.sha256(data).hexdigest(), tuple(int(v) for v in variants)
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        digests = list(pool.map(lambda r: _sha256(source, r.key), records))
+        found = list(pool.map(lambda r: hashes(r.key), records))
     images = [
-        SourceImage(key=r.key, label=r.label, sha256=d, mask_key=r.mask_key)
-        for r, d in zip(records, digests, strict=True)
+        SourceImage(key=r.key, label=r.label, sha256=d, mask_key=r.mask_key, phash=p)
+        for r, (d, p) in zip(records, found, strict=True)
     ]
     good_class = dataset.good_class or fmt.default_good_class
     manifest = build_manifest(
@@ -111,6 +136,7 @@ def freeze_split(dataset: DatasetConfig, source: Store) -> dict[str, Any]:
         good_class=good_class,
         split=dataset.split,
         images=images,
+        near_distance=near_distance,
     )
     if dataset.hardest_class != "auto" and dataset.hardest_class not in manifest["classes"]:
         raise ValueError(
@@ -255,10 +281,6 @@ def _training_pool(manifest: dict[str, Any], shard: Shard) -> TrainingPool:
         test_sha256=frozenset(item["sha256"] for item in items if item["role"] == "test"),
         masks=None if shard.masks is None else shard.masks[train],
     )
-
-
-def _sha256(store: Store, key: str) -> str:
-    return hashlib.sha256(store.get_bytes(key, verify=False)).hexdigest()
 
 
 def _decode_masks(

@@ -5,6 +5,10 @@ sha256 and `splitSeed` alone, before any training run (report §3.3), so the sam
 give the same split wherever the data lies. Images with identical bytes always share a role, so
 a test image can never also be a training image.
 
+Images that are near duplicates (perceptual hashes within `near_distance` bits, in any of the
+8 flips and quarter turns, within a class: e.g. Magnetic Tile's several exposures of one tile)
+are grouped the same way, so the test split never holds an image whose near twin is trained on.
+
 The digest is the sha256 of the canonical manifest JSON; every unit recomputes it and refuses a
 mismatch (DESIGN.md §3 invariants).
 """
@@ -38,18 +42,24 @@ class SourceImage:
     label: str
     sha256: str
     mask_key: str | None = None
+    phash: tuple[int, ...] | None = None  # 64-bit perceptual hashes of the 8 flips/turns
 
 
 def assign_roles(
-    images: Sequence[SourceImage], split: SplitConfig, classes: Sequence[str]
+    images: Sequence[SourceImage],
+    split: SplitConfig,
+    classes: Sequence[str],
+    near_distance: int | None = None,
 ) -> dict[str, str]:
     """Assign each image key a role (train, val or test), stratified by class.
 
-    Within a class, groups of byte-identical images are ordered by sha256 and shuffled with a
-    generator seeded by `splitSeed` and the class name, so adding a class never reshuffles
-    another. Each class gets ``round(n * testFraction)`` test groups (at least 1) and
-    ``round(n * valFraction)`` validation groups (at least 1 when valFraction > 0), and keeps at
-    least one training group; a class too small for that raises ValueError naming it.
+    Within a class, images are grouped (byte-identical, and near duplicates when
+    `near_distance` is given and the images carry perceptual hashes); groups are ordered by
+    their smallest sha256 and shuffled with a generator seeded by `splitSeed` and the class
+    name, so adding a class never reshuffles another. Whole groups are dealt to the test split
+    until it holds ``round(n * testFraction)`` images (at least one group), then to the
+    validation split likewise (when valFraction > 0); the rest train. A class too small to keep
+    a training group raises ValueError naming it.
     """
     groups_by_class: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     label_of_digest: dict[str, str] = {}
@@ -62,26 +72,69 @@ def assign_roles(
             )
         groups_by_class[image.label][image.sha256].append(image.key)
 
+    hashes = {im.sha256: im.phash for im in images if im.phash}
     roles: dict[str, str] = {}
     for label in classes:
         groups = groups_by_class.get(label)
         if not groups:
             raise ValueError(f"class {label!r} has no images")
-        digests = sorted(groups)
-        n = len(digests)
-        n_test = max(1, round(n * split.test_fraction))
-        n_val = max(1, round(n * split.val_fraction)) if split.val_fraction > 0 else 0
-        if n - n_test - n_val < 1:
-            raise ValueError(
-                f"class {label!r} has {n} distinct images, too few for a test split of "
-                f"{n_test} and a validation split of {n_val} with at least one training image"
-            )
-        order = np.random.default_rng(_class_seed(split.split_seed, label)).permutation(n)
-        for rank, index in enumerate(order):
-            role = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            for key in groups[digests[index]]:
+        clusters = _near_duplicate_clusters(sorted(groups), hashes, near_distance)
+        members = [sorted(k for d in cluster for k in groups[d]) for cluster in clusters]
+        n_images = sum(len(m) for m in members)
+        n_test = max(1, round(n_images * split.test_fraction))
+        n_val = max(1, round(n_images * split.val_fraction)) if split.val_fraction > 0 else 0
+        order = np.random.default_rng(_class_seed(split.split_seed, label)).permutation(
+            len(members)
+        )
+        dealt = {"test": 0, "val": 0}
+        assigned: list[str] = []
+        for index in order:
+            if dealt["test"] < n_test:
+                role = "test"
+            elif dealt["val"] < n_val:
+                role = "val"
+            else:
+                role = "train"
+            if role != "train":
+                dealt[role] += len(members[index])
+            assigned.append(role)
+            for key in members[index]:
                 roles[key] = role
+        if "train" not in assigned:
+            raise ValueError(
+                f"class {label!r} has {len(members)} distinct images (or groups of near "
+                f"duplicates), too few for a test split of {n_test} and a validation split "
+                f"of {n_val} with at least one training image"
+            )
     return roles
+
+
+def _near_duplicate_clusters(
+    digests: list[str], hashes: dict[str, tuple[int, ...]], near_distance: int | None
+) -> list[list[str]]:
+    """Union of byte-identical groups whose perceptual hashes are within `near_distance`."""
+    if near_distance is None or not all(d in hashes for d in digests) or len(digests) < 2:
+        return [[d] for d in digests]
+    variants = np.array([hashes[d] for d in digests], dtype=np.uint64)  # [n, 8]
+    plain = variants[:, 0]
+    distance = np.min(
+        [np.bitwise_count(variants[:, v][:, None] ^ plain[None, :]) for v in range(8)], axis=0
+    )
+    parent = list(range(len(digests)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(distance <= near_distance), strict=True):
+        if i < j:
+            parent[root(int(i))] = root(int(j))
+    clusters: dict[int, list[str]] = defaultdict(list)
+    for i, digest in enumerate(digests):
+        clusters[root(i)].append(digest)
+    return sorted(clusters.values(), key=lambda c: c[0])
 
 
 def _class_seed(split_seed: int, label: str) -> list[int]:
@@ -96,6 +149,7 @@ def build_manifest(
     good_class: str,
     split: SplitConfig,
     images: Iterable[SourceImage],
+    near_distance: int | None = None,
 ) -> dict[str, Any]:
     """Build the canonical manifest of a frozen split (items sorted by class, then key).
 
@@ -109,7 +163,7 @@ def build_manifest(
             f"dataset {dataset!r}: good class {good_class!r} not found among its classes "
             f"{classes}"
         )
-    roles = assign_roles(images, split, classes)
+    roles = assign_roles(images, split, classes, near_distance)
     items = [
         {
             "key": im.key,
@@ -117,10 +171,13 @@ def build_manifest(
             "role": roles[im.key],
             "sha256": im.sha256,
             "maskKey": im.mask_key,
+            **({"phash": f"{im.phash[0]:016x}"} if im.phash else {}),
         }
         for im in images
     ]
+    grouping = {"nearDuplicateDistance": near_distance} if near_distance is not None else {}
     return {
+        **grouping,
         "version": MANIFEST_VERSION,
         "dataset": dataset,
         "format": format_name,
