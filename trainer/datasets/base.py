@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -255,6 +255,22 @@ def list_dataset_files(store: Store, options: Mapping[str, Any]) -> tuple[str, l
         if rel and not any(part.startswith(".") for part in rel.split("/")):
             keys.append(rel)
     return root, sorted(keys)
+
+
+def image_of_mask(root: str, mask: str, candidates: Sequence[str], expected: str) -> str:
+    """The one image a mask belongs to; DatasetError naming the mask when none or several.
+
+    `expected` describes where the image should be (e.g. ``test/bent/007.<ext>``).
+    """
+    if len(candidates) == 1:
+        return candidates[0]
+    problem = (
+        f"has no image {expected}"
+        if not candidates
+        else "is ambiguous: several images share its stem "
+        f"({format_names(join_key(root, c) for c in candidates)})"
+    )
+    raise DatasetError(f"mask {join_key(root, mask)!r} {problem}")
 
 
 def join_key(root: str, rel: str) -> str:

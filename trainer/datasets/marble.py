@@ -30,6 +30,7 @@ from scarce.trainer.datasets.base import (
     DatasetFormat,
     ImageRecord,
     format_names,
+    image_of_mask,
     join_key,
     list_dataset_files,
     register_format,
@@ -81,16 +82,10 @@ class MarbleFormat(DatasetFormat):
             )
         mask_of: dict[str, str] = {}
         for (split, label, stem), mask in sorted(masks.items()):
-            candidates = images.get((split, label, stem), [])
-            if len(candidates) != 1:
-                problem = (
-                    f"has no image {split}/{label}/{stem}.<ext>"
-                    if not candidates
-                    else "is ambiguous: several images share its stem "
-                    f"({format_names(join_key(root, c) for c in candidates)})"
-                )
-                raise DatasetError(f"mask {join_key(root, mask)!r} {problem}")
-            mask_of[candidates[0]] = mask
+            image = image_of_mask(
+                root, mask, images.get((split, label, stem), []), f"{split}/{label}/{stem}.<ext>"
+            )
+            mask_of[image] = mask
 
         return [
             ImageRecord(

@@ -32,6 +32,7 @@ from scarce.trainer.datasets.base import (
     DatasetFormat,
     ImageRecord,
     format_names,
+    image_of_mask,
     join_key,
     list_dataset_files,
     register_format,
@@ -88,16 +89,11 @@ class MVTecADFormat(DatasetFormat):
                 )
         mask_of: dict[str, str] = {}
         for (label, stem), mask in sorted(masks.items()):
-            candidates = images.get(("test", label), {}).get(stem, [])
-            if len(candidates) != 1:
-                problem = (
-                    f"has no image test/{label}/{stem}.<ext>"
-                    if not candidates
-                    else "is ambiguous: several test images share its stem "
-                    f"({format_names(join_key(root, c) for c in candidates)})"
-                )
-                raise DatasetError(f"mask {join_key(root, mask)!r} {problem}")
-            mask_of[candidates[0]] = mask
+            image = image_of_mask(
+                root, mask, images.get(("test", label), {}).get(stem, []),
+                f"test/{label}/{stem}.<ext>",
+            )
+            mask_of[image] = mask
 
         return [
             ImageRecord(
