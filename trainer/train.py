@@ -143,7 +143,8 @@ def train_one_epoch(
     """One pass in a seeded order; returns the mean loss."""
     model.train()
     order = torch.randperm(len(images), generator=gen)
-    total, seen = 0.0, 0
+    # The running loss stays on the device: float(loss) every step would sync a GPU each step.
+    total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
     autocast = schedule.precision == "bf16" and device.type == "cuda"
     for start in range(0, len(order), schedule.batch_size):
         index = order[start : start + schedule.batch_size]
@@ -161,9 +162,9 @@ def train_one_epoch(
         if on_first_step is not None:
             on_first_step()
             on_first_step = None
-        total += float(loss.detach()) * len(index)
+        total += loss.detach().double() * len(index)
         seen += len(index)
-    return total / max(1, seen)
+    return float(total) / max(1, seen)
 
 
 @torch.no_grad()
