@@ -163,6 +163,15 @@ def report(
     ],
     fmt: Annotated[str, typer.Option("--format", help="table, md, html or json.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write every report file here.")] = None,
+    hardest_class: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hardest-class",
+            help="DATASET=CLASS: report this class instead of the spec's (or the pilot's) "
+            "choice. No unit is retrained: every result holds every class's accuracy, and "
+            "nothing a unit trains depends on the reported class. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild a benchmark's report from its result objects alone (or show a report.json)."""
     from scarce.trainer.report import render_markdown
@@ -172,13 +181,15 @@ def report(
         err_console.print(f"--format: must be table, md, html or json, got {fmt!r}")
         raise typer.Exit(2)
     try:
+        if hardest_class and location.rstrip("/").endswith(".json"):
+            raise ValueError("--hardest-class needs STORE/results/NAME, not a report.json")
         if location.rstrip("/").endswith(".json"):
             folder, _, name = location.rstrip("/").rpartition("/")
             document = open_store(folder or ".").get_json(name)
             files = {"report.json": json.dumps(document).encode(),
                      "report.md": render_markdown(document).encode()}
         else:
-            document, files = _rebuild_report(location)
+            document, files = _rebuild_report(location, _parse_overrides(hardest_class or []))
     except (StoreError, ValueError) as error:
         err_console.print(escape(str(error)), highlight=False)
         raise typer.Exit(1) from None
@@ -200,8 +211,22 @@ def report(
         print_report_table(document)
 
 
-def _rebuild_report(location: str) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Reduce again from STORE/results/NAME: the same report the run's reducer wrote."""
+def _parse_overrides(values: list[str]) -> dict[str, str]:
+    """`DATASET=CLASS` options -> {dataset: class}."""
+    overrides: dict[str, str] = {}
+    for value in values:
+        dataset, sep, cls = value.partition("=")
+        if not sep or not dataset or not cls:
+            raise ValueError(f"--hardest-class: expected DATASET=CLASS, got {value!r}")
+        overrides[dataset] = cls
+    return overrides
+
+
+def _rebuild_report(
+    location: str, hardest_class: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Reduce again from STORE/results/NAME: the same report the run's reducer wrote, or the
+    same results reported on other hardest classes."""
     from scarce.trainer.integrity_report import fidelity_figures
     from scarce.trainer.reduce import BENCHMARK_KEY, reduce_benchmark
     from scarce.trainer.report_files import render_report_files
@@ -216,10 +241,37 @@ def _rebuild_report(location: str) -> tuple[dict[str, Any], dict[str, bytes]]:
         )
     store = open_store(root)
     unit = WorkUnit.model_validate(store.get_json(BENCHMARK_KEY.format(benchmark=benchmark)))
+    if hardest_class:
+        unit = _with_hardest_classes(unit, hardest_class, store)
     document, used = reduce_benchmark(unit, store)
     return document, render_report_files(
         document, used, fidelity_figures(store, benchmark, document)
     )
+
+
+def _with_hardest_classes(unit: Any, chosen: dict[str, str], store: Any) -> Any:
+    """The reduce unit with other hardest classes, each checked against its frozen split."""
+    names = [d.name for d in unit.datasets]
+    datasets = []
+    for dataset in unit.datasets:
+        cls = chosen.get(dataset.name)
+        if cls is not None:
+            split = store.get_json(f"results/{unit.benchmark}/{dataset.name}/split.json")
+            defects = sorted(c for c in split["counts"] if c != split["goodClass"])
+            if cls not in defects:
+                raise ValueError(
+                    f"--hardest-class {dataset.name}={cls}: not a defect class of the split "
+                    f"(one of {', '.join(defects)})"
+                )
+            dataset = dataset.model_copy(update={"hardest_class": cls})
+        datasets.append(dataset)
+    for name in chosen:
+        if name not in names:
+            raise ValueError(
+                f"--hardest-class {name}=...: no dataset {name!r} in this benchmark "
+                f"(datasets: {', '.join(names)})"
+            )
+    return unit.model_copy(update={"datasets": datasets})
 
 
 @app.command()

@@ -371,6 +371,56 @@ def test_same_unit_and_seed_give_the_same_result_on_cpu(demo_run, tmp_path):
     assert second["finalLoss"] == first["finalLoss"]
 
 
+def test_packed_seeds_in_one_process_equal_the_separate_units(demo_run, tmp_path):
+    """Seed packing: three seeds of one arm in one `scarce-trainer train` process give the same
+    results as the three units the local run trained in separate calls (the cached shard is
+    shared, the model, data order and augmentation are still a function of each unit's seed)."""
+    _, plan, store_root, _ = demo_run
+    copy = tmp_path / "store"
+    subprocess.run(["cp", "-r", str(store_root), str(copy)], check=True)
+    split = json.loads((copy / "results/demo/surfaces/split.json").read_text())
+    units = [
+        u.model_copy(update={
+            "split_digest": split["splitDigest"],
+            "storage": u.storage.model_copy(update={"uri": f"file://{copy}"}),
+        })
+        for u in plan.train if u.arm == "placebo" and u.k is None
+    ]
+    assert len(units) == 3
+    separate = [json.loads((copy / u.result_key).read_text()) for u in units]
+    # The local run's two workers had one thread each; float sums depend on the thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.trainer.cli", "train", "--force", "--unit-json",
+         json.dumps([u.to_json_dict() for u in units])],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count(" done in ") == 3, proc.stderr
+    for unit, first in zip(units, separate, strict=True):
+        packed = json.loads((copy / unit.result_key).read_text())
+        assert packed["finishedAt"] != first["finishedAt"]
+        assert packed["confusionMatrix"] == first["confusionMatrix"]
+        assert packed["finalLoss"] == first["finalLoss"]
+
+
+def test_a_pack_exits_with_its_worst_outcome_and_stops_at_a_permanent_error(demo_run, tmp_path):
+    _, plan, store_root, _ = demo_run
+    split = json.loads((store_root / "results/demo/surfaces/split.json").read_text())
+    good = plan.train[0].model_copy(update={"split_digest": split["splitDigest"]})
+    bad = good.model_copy(update={"split_digest": "0" * 64, "seed": 1})
+    later = good.model_copy(update={"seed": 2})
+    proc = subprocess.run(
+        [sys.executable, "-m", "scarce.trainer.cli", "train", "--unit-json",
+         json.dumps([u.to_json_dict() for u in (good, bad, later)])],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == EXIT_PERMANENT, proc.stderr
+    assert f"unit {good.key} skipped" in proc.stderr  # its valid result is kept, not retrained
+    assert f"unit {bad.key} failed" in proc.stderr and "0" * 64 in proc.stderr
+    assert later.key not in proc.stderr  # not started after the permanent failure
+
+
 def test_auto_hardest_class_pilot_and_few_shot(demo_data, tmp_path):
     document = demo_document(
         demo_data, str(tmp_path / "store"), seeds=2, arms=["real", "vendor"], fewShot=[2],
@@ -429,6 +479,29 @@ def test_scarce_report_rebuilds_the_identical_report_from_results_alone(demo_run
     for name in ("report.html", "per_seed.csv", "all_classes.csv",
                  "figures/surfaces-paired-seeds.png"):
         assert (out / name).read_bytes() == (written / name).read_bytes(), name
+
+
+def test_report_on_another_hardest_class_from_the_same_results(demo_run):
+    _, _, store_root, _ = demo_run
+    split = json.loads((store_root / "results/demo/surfaces/split.json").read_text())
+    other = next(c for c in split["counts"] if c not in (split["goodClass"], "pit"))
+    cli = [sys.executable, "-m", "scarce.operator.cli", "report", str(store_root / "results/demo")]
+    proc = subprocess.run([*cli, "--hardest-class", f"surfaces={other}", "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)["datasets"][0]
+    assert summary["hardestClass"] == other
+    for arm, values in summary["arms"].items():
+        expected = [
+            r["perClassAccuracy"][other] for r in read_results(store_root, "demo", "surfaces")
+            if r["unit"]["arm"] == arm and r["unit"].get("k") is None
+        ]
+        assert values["mean"] == pytest.approx(statistics.fmean(expected), abs=1e-6)
+    bad = subprocess.run([*cli, "--hardest-class", "surfaces=nonesuch"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "nonesuch" in bad.stderr and "not a defect class" in bad.stderr
+    assert other in bad.stderr
 
 
 def test_report_files_hold_every_unit_and_every_class(demo_run):

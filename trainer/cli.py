@@ -1,6 +1,8 @@
 """`scarce-trainer`: what runs inside the trainer image (and in local worker processes).
 
     scarce-trainer train  --unit UNIT.json [--device cpu|cuda] [--force]   (also pilot, fidelity)
+    scarce-trainer train  --unit A.json --unit B.json ...   # seed packing: several units, one
+                                                           # process (also a JSON list)
     scarce-trainer split  --unit UNIT.json
     scarce-trainer reduce --unit UNIT.json
     scarce-trainer serve  [--device cpu]      # JSON lines: one unit in, one outcome out
@@ -20,7 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
-from scarce.trainer.unit import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, WorkUnit
+from scarce.trainer.unit import EXIT_OK, EXIT_PERMANENT, EXIT_TRANSIENT, EXIT_USAGE, WorkUnit
 
 log = logging.getLogger("scarce.trainer")
 
@@ -29,17 +31,39 @@ _STAGES_OF_COMMAND = {
 }
 
 
-def load_unit(path: str | None, inline: str | None) -> WorkUnit:
-    """Read a unit from a file (or '-' for stdin) or from an inline JSON string."""
+def load_units(paths: list[str] | None, inline: str | None) -> list[WorkUnit]:
+    """Read units from files (or '-' for stdin) or an inline JSON string.
+
+    Each source holds one unit object or a JSON list of them: a list is a pack, several seeds
+    of one dataset and arm run in one process so imports, the CUDA context and the verified
+    shards are paid for once (the results equal those of separate units).
+    """
     if inline:
-        text = inline
-    elif path == "-":
-        text = sys.stdin.read()
-    elif path:
-        text = Path(path).read_text()
+        texts = [inline]
+    elif paths:
+        texts = [sys.stdin.read() if path == "-" else Path(path).read_text() for path in paths]
     else:
         raise ValueError("give --unit FILE or --unit-json JSON")
-    return WorkUnit.model_validate(json.loads(text))
+    units: list[WorkUnit] = []
+    for text in texts:
+        loaded = json.loads(text)
+        for item in loaded if isinstance(loaded, list) else [loaded]:
+            units.append(WorkUnit.model_validate(item))
+    if not units:
+        raise ValueError("no unit given (an empty JSON list)")
+    return units
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    """A pack's exit code: permanent beats usage beats transient beats success.
+
+    A permanent failure of one seed fails the Job at once (its podFailurePolicy); otherwise a
+    transient one makes the Job retry, and the seeds already done are skipped on the retry.
+    """
+    for code in (EXIT_PERMANENT, EXIT_USAGE, EXIT_TRANSIENT):
+        if code in codes:
+            return code
+    return EXIT_OK
 
 
 def _describe(error: BaseException) -> str:
@@ -105,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("train", "split", "reduce"):
         cmd = sub.add_parser(name, help=f"run one {name} unit")
-        cmd.add_argument("--unit", help="unit JSON file, or - for stdin")
-        cmd.add_argument("--unit-json", help="unit as an inline JSON string")
+        cmd.add_argument("--unit", action="append",
+                         help="unit JSON file (one unit or a list), or - for stdin; repeatable")
+        cmd.add_argument("--unit-json", help="unit (or a JSON list of units) as an inline string")
         cmd.add_argument("--device", default=os.environ.get("SCARCE_DEVICE", "cpu"))
         cmd.add_argument("--force", action="store_true", help="rerun even if a result exists")
     srv = sub.add_parser("serve", help="run units read as JSON lines from stdin")
@@ -117,23 +142,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args.device)
     try:
-        unit = load_unit(args.unit, args.unit_json)
+        units = load_units(args.unit, args.unit_json)
     except Exception as error:
         print(f"scarce-trainer: {error}", file=sys.stderr)
         # A unit file that cannot be read is a usage error; one that is not a valid unit would
         # fail the same way on every retry.
         return EXIT_USAGE if isinstance(error, OSError) else EXIT_PERMANENT
-    if unit.stage not in _STAGES_OF_COMMAND[args.command]:
-        print(f"scarce-trainer {args.command}: unit {unit.key} is a {unit.stage} unit",
-              file=sys.stderr)
-        return EXIT_USAGE
-    outcome = execute(unit, device=args.device, force=args.force)
-    if outcome["status"] == "failed":
-        print(f"scarce-trainer: unit {unit.key} failed: {outcome['error']}", file=sys.stderr)
-    else:
-        print(f"scarce-trainer: unit {unit.key} {outcome['status']} in {outcome['seconds']}s",
-              file=sys.stderr)
-    return int(outcome["exitCode"])
+    for unit in units:
+        if unit.stage not in _STAGES_OF_COMMAND[args.command]:
+            print(f"scarce-trainer {args.command}: unit {unit.key} is a {unit.stage} unit",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    codes = []
+    for unit in units:
+        outcome = execute(unit, device=args.device, force=args.force)
+        codes.append(int(outcome["exitCode"]))
+        if outcome["status"] == "failed":
+            print(f"scarce-trainer: unit {unit.key} failed: {outcome['error']}", file=sys.stderr)
+            if outcome["exitCode"] == EXIT_PERMANENT:
+                break  # the Job fails at once; the remaining seeds would only burn the GPU
+        else:
+            print(f"scarce-trainer: unit {unit.key} {outcome['status']} in "
+                  f"{outcome['seconds']}s", file=sys.stderr)
+    return worst_exit_code(codes)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from scarce.trainer.config import PLACEBO_ARM, REAL_ARM
-from scarce.trainer.shards import unpack_shard
+from scarce.trainer.shards import load_shard
 from scarce.trainer.splits import (
     SplitIntegrityError,
     few_shot_indices,
@@ -61,12 +61,7 @@ def load_split(store: Store, unit: WorkUnit) -> tuple[dict[str, Any], np.ndarray
         ) from error
     verify_manifest(manifest, digest, where=f"{store.uri}/{manifest_key}")
     shard_key = f"{prefix}/{shard_name(unit.model.image_size, unit.model.channels)}"
-    shard = unpack_shard(
-        store.get_bytes(shard_key),
-        expected_digest=digest,
-        where=f"{store.uri}/{shard_key}",
-        count=len(manifest["items"]),
-    )
+    shard = load_shard(store, shard_key, expected_digest=digest, count=len(manifest["items"]))
     return manifest, shard.images
 
 
@@ -81,11 +76,8 @@ def load_synthetic(store: Store, unit: WorkUnit, source: str) -> tuple[dict, np.
             f"{manifest.get('splitDigest')}, expected {unit.split_digest}"
         )
     shard_key = f"{prefix}/{shard_name(unit.model.image_size, unit.model.channels)}"
-    shard = unpack_shard(
-        store.get_bytes(shard_key),
-        expected_digest=manifest_digest(manifest),
-        where=f"{store.uri}/{shard_key}",
-        count=len(manifest["items"]),
+    shard = load_shard(
+        store, shard_key, expected_digest=manifest_digest(manifest), count=len(manifest["items"])
     )
     return manifest, shard.images
 

@@ -13,6 +13,7 @@ written without masks still load (``Shard.masks`` is then ``None``).
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,39 @@ def unpack_shard(data: bytes, *, expected_digest: str, where: str, count: int) -
             f"{(count, *images.shape[2:])} uint8 to match its images"
         )
     return Shard(images=images, manifest_digest=found, masks=masks)
+
+
+#: Shards kept in memory by one process, so packed seeds (several units in one process) and
+#: long-lived local workers read and verify a shard once, not once per unit. Four covers a
+#: split shard plus the synthetic sets of one dataset.
+_CACHE_SIZE = 4
+_cache: OrderedDict[tuple[str, str, str, str, int], Shard] = OrderedDict()
+
+
+def load_shard(store: Store, key: str, *, expected_digest: str, count: int) -> Shard:
+    """Read, verify and unpack a shard, reusing the copy this process already verified.
+
+    The cache key includes the sha256 the store records for the object, so a rewritten object
+    is read again. Cached arrays are read-only: a unit that changed them in place would change
+    the next unit's data, which would break "packed seeds equal separate units".
+    """
+    where = f"{store.uri}/{key}"
+    recorded = store.recorded_sha256(key) or ""
+    cache_key = (store.uri, key, recorded, expected_digest, count)
+    if recorded and cache_key in _cache:
+        _cache.move_to_end(cache_key)
+        return _cache[cache_key]
+    shard = unpack_shard(
+        store.get_bytes(key), expected_digest=expected_digest, where=where, count=count
+    )
+    for array in (shard.images, shard.masks):
+        if array is not None:
+            array.flags.writeable = False
+    if recorded:
+        _cache[cache_key] = shard
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return shard
 
 
 def decode_all(
