@@ -88,6 +88,14 @@ def run(
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     log_dir: Annotated[Path | None, typer.Option(help="Worker logs (default: a temp dir).")] = None,
+    stop_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stop-after",
+            help="split: freeze the splits and make the synthetic sets, then stop (e.g. to "
+            "carry the store to a GPU machine and run the rest there).",
+        ),
+    ] = None,
 ) -> None:
     """Run a benchmark on this machine: split, train every unit, reduce, print the table."""
     import tempfile
@@ -98,15 +106,20 @@ def run(
     if device not in ("cpu", "cuda"):
         err_console.print(f"--device: must be cpu or cuda, got {device!r}")
         raise typer.Exit(2)
+    if stop_after not in (None, "split"):
+        err_console.print(f"--stop-after: must be split, got {stop_after!r}")
+        raise typer.Exit(2)
     benchmark = _load(spec)
     plan = plan_benchmark(benchmark, base_dir=spec.resolve().parent)
+    if stop_after == "split":
+        plan = plan.only_split()
     if workers is None:
         workers = max(1, min(benchmark.spec.parallelism, os.cpu_count() or 1))
     logs = log_dir or Path(tempfile.gettempdir()) / f"scarce-{benchmark.name}-logs"
     console.print(
         f"benchmark {benchmark.name}: {plan.total} units "
         f"({len(plan.split)} split, {len(plan.pilot)} pilot, {len(plan.train)} train, "
-        f"{len(plan.fidelity)} fidelity, 1 reduce), "
+        f"{len(plan.fidelity)} fidelity, {int(plan.reduce_enabled)} reduce), "
         f"{workers} worker(s) on {device}; store {plan.reduce.storage.uri}",
         highlight=False,
     )

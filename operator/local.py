@@ -143,7 +143,9 @@ class LocalExecutor:
             self.progress("start", {"total": self.plan.total})
             pool = [
                 _Worker(i, self.device, self.threads, self.log_dir)
-                for i in range(min(self.workers, max(1, len(self.plan.train))))
+                for i in range(
+                    min(self.workers, max(1, len(self.plan.train), len(self.plan.split)))
+                )
             ]
             store_uri = self.plan.reduce.storage
             if store_uri.uri.startswith("file://"):
@@ -168,7 +170,7 @@ class LocalExecutor:
             self._run_stage("train", [u for u in bound if u.stage == "train"], pool, outcome)
             self._run_stage("fidelity", [u for u in bound if u.stage == "fidelity"], pool,
                             outcome)
-            if digests:
+            if digests and self.plan.reduce_enabled:
                 self._run_stage("reduce", [self.plan.reduce], pool, outcome)
                 store = open_store(store_uri.uri, endpoint=store_uri.endpoint)
                 outcome.report = store.get_json(self.plan.reduce.result_key)

@@ -30,6 +30,8 @@ class Plan:
     #: image to real defects, in the features of the real-only model of seed 0 (after train).
     fidelity: list[WorkUnit] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: False for a plan cut short on purpose (`scarce run --stop-after split`): no report.
+    reduce_enabled: bool = True
 
     @property
     def stages(self) -> list[tuple[str, list[WorkUnit]]]:
@@ -39,13 +41,19 @@ class Plan:
             ("pilot", self.pilot),
             ("train", self.train),
             ("fidelity", self.fidelity),
-            ("reduce", [self.reduce]),
+            ("reduce", [self.reduce] if self.reduce_enabled else []),
         ]
+
+    def only_split(self) -> Plan:
+        """The split stage alone: splits frozen and synthetic sets made, nothing trained."""
+        return Plan(benchmark=self.benchmark, split=self.split, pilot=[], train=[],
+                    reduce=self.reduce, fidelity=[], warnings=self.warnings, reduce_enabled=False)
 
     @property
     def total(self) -> int:
         """Number of units in the plan."""
-        return len(self.split) + len(self.pilot) + len(self.train) + len(self.fidelity) + 1
+        return (len(self.split) + len(self.pilot) + len(self.train) + len(self.fidelity)
+                + int(self.reduce_enabled))
 
 
 def resolve_uri(uri: str, base_dir: Path | None) -> str:
@@ -153,3 +161,26 @@ def bind_digests(units: list[WorkUnit], digests: dict[str, str]) -> list[WorkUni
             raise KeyError(f"no split digest for dataset {u.dataset.name!r}")
         bound.append(u.model_copy(update={"split_digest": digest}))
     return bound
+
+
+def pack_units(units: list[WorkUnit], seeds_per_job: int) -> list[list[WorkUnit]]:
+    """Group units into the packs one Job (one trainer process) runs.
+
+    Train units of the same dataset, arm and k are packed `seeds_per_job` at a time, in seed
+    order, so a pack loads its data once; every other unit runs alone. Packs keep the order of
+    their first unit in `units`, so the same plan always gives the same packs (and Job names).
+    """
+    if seeds_per_job < 1:
+        raise ValueError(f"seeds_per_job must be at least 1, got {seeds_per_job}")
+    first_index: dict[int, int] = {id(u): i for i, u in enumerate(units)}
+    buckets: dict[tuple[str, str | None, int | None], list[WorkUnit]] = {}
+    packs: list[list[WorkUnit]] = []
+    for unit in units:
+        if unit.stage == "train":
+            buckets.setdefault((unit.dataset.name, unit.arm, unit.k), []).append(unit)
+        else:
+            packs.append([unit])
+    for bucket in buckets.values():
+        ordered = sorted(bucket, key=lambda u: u.seed or 0)
+        packs += [ordered[i:i + seeds_per_job] for i in range(0, len(ordered), seeds_per_job)]
+    return sorted(packs, key=lambda pack: min(first_index[id(u)] for u in pack))
