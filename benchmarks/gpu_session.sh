@@ -11,10 +11,16 @@
 # Then run from the repository root:  OUT=/tmp/out bash benchmarks/gpu_session.sh
 # SMOKE=1 runs the same steps on a CPU with tiny models, to test this script before a session.
 set -u -o pipefail
-OUT=${OUT:-/tmp/scarce-gpu-out}
-mkdir -p "$OUT"
+# Figures and logs gather in $WORK; after every step they are packed into $OUT/session.tgz
+# (the device returns at most 8 files), the replication's results into $OUT/results.tgz.
+FINAL_OUT=${OUT:-/tmp/scarce-gpu-out}
+OUT=${WORK:-/tmp/scarce-session}
+mkdir -p "$FINAL_OUT" "$OUT"
 T0=$(date +%s)
-log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/session.log"; }
+log() {
+  echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/session.log"
+  tar -C "$OUT" -czf "$FINAL_OUT/session.tgz" . 2>/dev/null
+}
 
 if [ "${SMOKE:-0}" = 1 ]; then
   DEVICE=cpu; WORKERS=2; BIG="--backbone test_resnet --image-size 64"; SMALL="$BIG"
@@ -43,32 +49,32 @@ python3 -c "import torch, timm, scarce.trainer.runner as r; print('torch', torch
 log "set-up done"
 
 # 1. A real unit on the device, from process start (fail fast: the rest needs it to work).
-timeout 150 python3 benchmarks/unit_overhead.py "$SPEC" --device $DEVICE --repeats $REPEATS \
+timeout 100 python3 benchmarks/unit_overhead.py "$SPEC" --device $DEVICE --repeats $REPEATS \
   --json "$OUT/unit-overhead.json" > "$OUT/unit-overhead.log" 2>&1 \
   || { log "unit overhead FAILED"; tail -30 "$OUT/unit-overhead.log"; exit 1; }
 log "unit overhead done"
 
 # 2. Trainer vs bare timm, the issue's GPU target and the replication's model.
-timeout 90 python3 benchmarks/trainer_throughput.py --device $DEVICE $BIG --precision bf16 \
+timeout 75 python3 benchmarks/trainer_throughput.py --device $DEVICE $BIG --precision bf16 \
   --channels-last --steps 30 --warmup 5 --repeats 3 --json "$OUT/throughput-big.json" \
   > "$OUT/throughput-big.log" 2>&1; log "throughput (big) exit $?"
-timeout 60 python3 benchmarks/trainer_throughput.py --device $DEVICE $SMALL --precision bf16 \
+timeout 45 python3 benchmarks/trainer_throughput.py --device $DEVICE $SMALL --precision bf16 \
   --channels-last --steps 30 --warmup 5 --repeats 3 --json "$OUT/throughput-small.json" \
   > "$OUT/throughput-small.log" 2>&1; log "throughput (small) exit $?"
 
 # 3. The replication (issue 9): every unit, the fidelity stage and the reducer.
 START=$(date +%s)
-timeout "${REPLICATION_SECONDS:-300}" scarce run "$SPEC" --device $DEVICE \
+timeout "${REPLICATION_SECONDS:-250}" scarce run "$SPEC" --device $DEVICE \
   --workers $WORKERS --log-dir /tmp/scarce-logs > "$OUT/replication.log" 2>&1
 log "replication exit $? after $(( $(date +%s) - START ))s"
 STORE=$(python3 -c "import sys; from pathlib import Path; from scarce.operator.spec import \
 load_spec; from scarce.operator.plan import plan_benchmark; p=Path(sys.argv[1]); \
 print(plan_benchmark(load_spec(p), base_dir=p.resolve().parent).reduce.storage.uri[7:])" "$SPEC")
-tar -C "$STORE" -czf "$OUT/results.tgz" results reports 2>/dev/null
+tar -C "$STORE" -czf "$FINAL_OUT/results.tgz" results reports 2>/dev/null
 tail -c 3000 /tmp/scarce-logs/*.log > "$OUT/worker-logs-tail.txt" 2>/dev/null
-log "results packed ($(du -h "$OUT/results.tgz" | cut -f1))"
+log "results packed ($(du -h "$FINAL_OUT/results.tgz" | cut -f1))"
 
 # 4. Seed packing: 15 seeds as 15 processes against one process.
-timeout 100 python3 benchmarks/seed_packing.py "$SPEC" --device $DEVICE --seeds $PACK_SEEDS \
-  --epochs $PACK_EPOCHS --json "$OUT/seed-packing.json" > "$OUT/seed-packing.log" 2>&1
+timeout 90 python3 benchmarks/seed_packing.py "$SPEC" --device $DEVICE --seeds $PACK_SEEDS \
+  --separate-seeds 4 --epochs $PACK_EPOCHS --json "$OUT/seed-packing.json" > "$OUT/seed-packing.log" 2>&1
 log "seed packing exit $?"
