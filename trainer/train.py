@@ -69,31 +69,64 @@ def load_pretrained(model: nn.Module, weights_uri: str, store: Store | None) -> 
     model.load_state_dict(compatible, strict=False)
 
 
-def augment(batch: torch.Tensor, config: AugmentationConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random flips, 90° rotations and brightness/contrast jitter on a float batch [B,C,H,W]."""
+#: Columns of the per-sample augmentation parameters: hflip, vflip (0/1), quarter turns (0-3),
+#: contrast scale and brightness shift (neutral: 1 and 0 when the augmentation is off).
+_HFLIP, _VFLIP, _TURNS, _SCALE, _SHIFT = range(5)
+
+
+def draw_augmentation(n: int, config: AugmentationConfig, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample augmentation parameters [n, 5] (float32, on the CPU) for one batch.
+
+    The draws come from `gen` in a fixed order, so drawing every batch of an epoch up front
+    gives the same numbers as drawing each batch when it is used.
+    """
+    params = torch.zeros(n, 5)
+    params[:, _SCALE] = 1.0
+    if config.hflip:
+        params[:, _HFLIP] = (torch.rand(n, generator=gen) < 0.5).float()
+    if config.vflip:
+        params[:, _VFLIP] = (torch.rand(n, generator=gen) < 0.5).float()
+    if config.rotate90:
+        params[:, _TURNS] = torch.randint(0, 4, (n,), generator=gen).float()
+    if config.contrast > 0:
+        params[:, _SCALE] = 1 + (torch.rand(n, generator=gen) * 2 - 1) * config.contrast
+    if config.brightness > 0:
+        params[:, _SHIFT] = (torch.rand(n, generator=gen) * 2 - 1) * config.brightness
+    return params
+
+
+def apply_augmentation(
+    batch: torch.Tensor, params: torch.Tensor, config: AugmentationConfig
+) -> torch.Tensor:
+    """Random flips, 90° rotations and brightness/contrast jitter on a float batch [B,C,H,W],
+    with parameters from `draw_augmentation` already on the batch's device."""
     n = batch.shape[0]
 
-    def coin() -> torch.Tensor:
-        return (torch.rand(n, generator=gen) < 0.5).to(batch.device).view(n, 1, 1, 1)
+    def column(index: int) -> torch.Tensor:
+        return params[:, index].view(n, 1, 1, 1)
 
     if config.hflip:
-        batch = torch.where(coin(), batch.flip(3), batch)
+        batch = torch.where(column(_HFLIP) > 0, batch.flip(3), batch)
     if config.vflip:
-        batch = torch.where(coin(), batch.flip(2), batch)
+        batch = torch.where(column(_VFLIP) > 0, batch.flip(2), batch)
     if config.rotate90 and batch.shape[2] == batch.shape[3]:
-        turns = torch.randint(0, 4, (n,), generator=gen).to(batch.device).view(n, 1, 1, 1)
+        turns = column(_TURNS)
         rotated = batch
         for k in (1, 2, 3):
             rotated = torch.where(turns == k, torch.rot90(batch, k, (2, 3)), rotated)
         batch = rotated
     if config.contrast > 0:
-        scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * config.contrast
         mean = batch.mean(dim=(1, 2, 3), keepdim=True)
-        batch = (batch - mean) * scale.to(batch.device).view(n, 1, 1, 1) + mean
+        batch = (batch - mean) * column(_SCALE) + mean
     if config.brightness > 0:
-        shift = (torch.rand(n, generator=gen) * 2 - 1) * config.brightness
-        batch = batch + shift.to(batch.device).view(n, 1, 1, 1)
+        batch = batch + column(_SHIFT)
     return batch
+
+
+def augment(batch: torch.Tensor, config: AugmentationConfig, gen: torch.Generator) -> torch.Tensor:
+    """Draw one batch's parameters and apply them (the per-batch form of the two above)."""
+    params = draw_augmentation(batch.shape[0], config, gen).to(batch.device)
+    return apply_augmentation(batch, params, config)
 
 
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -143,15 +176,31 @@ def train_one_epoch(
     """One pass in a seeded order; returns the mean loss."""
     model.train()
     order = torch.randperm(len(images), generator=gen)
+    starts = [
+        start for start in range(0, len(order), schedule.batch_size)
+        # a batch of one breaks batch norm
+        if min(schedule.batch_size, len(order) - start) >= 2 or len(order) == 1
+    ]
+    # Every random number of the epoch is drawn here, in the order the batches use them, and
+    # moved to the device in two copies: a host-to-device copy per batch would make the CPU
+    # wait for the GPU at every step, so it could never queue the next step's kernels ahead.
+    params = torch.cat([
+        draw_augmentation(min(schedule.batch_size, len(order) - start), schedule.augmentation,
+                          gen)
+        for start in starts
+    ]) if starts else torch.zeros(0, 5)
+    order = order.to(images.device, non_blocking=True)
+    params = params.to(device, non_blocking=True)
     # The running loss stays on the device: float(loss) every step would sync a GPU each step.
     total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
     autocast = schedule.precision == "bf16" and device.type == "cuda"
-    for start in range(0, len(order), schedule.batch_size):
+    offset = 0
+    for start in starts:
         index = order[start : start + schedule.batch_size]
-        if len(index) < 2 and len(order) > 1:
-            continue  # a batch of one breaks batch norm
-        x = augment(to_input(images[index], device, schedule.channels_last),
-                    schedule.augmentation, gen)
+        batch_params = params[offset : offset + len(index)]
+        offset += len(index)
+        x = apply_augmentation(to_input(images[index], device, schedule.channels_last),
+                               batch_params, schedule.augmentation)
         y = labels[index].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(model(x), y, label_smoothing=schedule.label_smoothing)
