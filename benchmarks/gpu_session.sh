@@ -37,7 +37,9 @@ else
     --target /tmp/site .whl/*.whl || { log "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
   ROOT=/work/main
-  mkdir -p /work && rm -rf "$ROOT" && cp -a . "$ROOT" && cd "$ROOT" || exit 1
+  if [ "$(pwd -P)" != "$ROOT" ]; then
+    mkdir -p /work && rm -rf "$ROOT" && cp -a . "$ROOT" && cd "$ROOT" || exit 1
+  fi
   mkdir -p runs && tar -C runs -xzf .carry/mt-store.tgz || { log "store unpack failed"; exit 1; }
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
     > "$OUT/gpu.txt" 2>&1
