@@ -12,10 +12,17 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from scarce.trainer.config import (
     PLACEBO_ARM,
@@ -76,6 +83,98 @@ class StorageSpec(StorageConfig):
         return StorageConfig(uri=self.uri, endpoint=self.endpoint, secure=self.secure)
 
 
+#: A Kubernetes resource quantity (``500m``, ``2``, ``8Gi``, ``1.5``); the apiserver rejects
+#: anything else when the Job is created, so the spec rejects it first, naming the field.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+#: A DNS-1123 subdomain: Secret, ServiceAccount and PriorityClass names.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+DnsName = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+
+
+class TolerationSpec(ConfigModel):
+    """A pod toleration, as in a Pod spec (lets trainer pods run on tainted GPU nodes)."""
+
+    key: str | None = Field(
+        None, max_length=253, description="Taint key to tolerate; empty with operator Exists "
+        "tolerates every taint."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        None, description="Exists or Equal (the Kubernetes default when omitted)."
+    )
+    value: str | None = Field(
+        None, max_length=63, description="Taint value to match (operator Equal)."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; omitted matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="NoExecute only: how long the pod stays bound after the taint "
+        "appears."
+    )
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The toleration as it goes into a Pod spec (unset fields left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class JobsSpec(ConfigModel):
+    """Shape of the Kubernetes Jobs the operator creates (ignored by `scarce run`).
+
+    Fields left unset fall back to the operator's defaults (its SCARCE_TRAINER_DEFAULTS
+    setting, see docs/kubernetes.md); a field set here replaces the default as a whole.
+    """
+
+    image: str | None = Field(
+        None, max_length=512, description="Trainer image for every Job of this benchmark. "
+        "Default: the operator's SCARCE_TRAINER_IMAGE."
+    )
+    gpu: int = Field(
+        0, ge=0, le=16, description="GPUs per pilot, train and fidelity Job (requested and "
+        "limited; the resource name is the operator's SCARCE_GPU_RESOURCE). Split and reducer "
+        "Jobs never get a GPU. With gpu > 0 the trainer runs with SCARCE_DEVICE=cuda."
+    )
+    cpu: str = Field(
+        "2", pattern=QUANTITY_PATTERN, max_length=32,
+        description="CPU per Job, requested and limited (a Kubernetes quantity: 2, 500m).",
+    )
+    memory: str = Field(
+        "8Gi", pattern=QUANTITY_PATTERN, max_length=32,
+        description="Memory per Job, requested and limited (a Kubernetes quantity: 8Gi).",
+    )
+    node_selector: dict[str, str] | None = Field(
+        None, max_length=32, description="Node labels a trainer pod must match."
+    )
+    tolerations: list[TolerationSpec] | None = Field(
+        None, max_length=32, description="Taints trainer pods tolerate (e.g. GPU nodes)."
+    )
+    priority_class_name: DnsName | None = Field(
+        None, description="PriorityClass of trainer pods."
+    )
+    image_pull_secrets: list[DnsName] | None = Field(
+        None, max_length=16, description="Names of Secrets to pull the trainer image with."
+    )
+    service_account_name: DnsName | None = Field(
+        None, description="ServiceAccount of split, pilot, train and fidelity pods. Default: "
+        "the operator's SCARCE_TRAINER_SERVICE_ACCOUNT. The reducer always runs as "
+        "SCARCE_REDUCER_SERVICE_ACCOUNT (it may patch this benchmark's status)."
+    )
+    backoff_limit: int = Field(
+        2, ge=0, le=20, description="Retries of a Job after a transient failure (exit code "
+        "1, a killed pod). A permanent failure (exit code 2 or 3) is never retried; a pod "
+        "evicted by a disruption does not count."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Wall-clock limit of one Job, retries included; a Job past it "
+        "fails. Default: no limit."
+    )
+    ttl_seconds_after_finished: int = Field(
+        86_400, ge=0, le=31_536_000, description="Seconds a finished Job (and its pod logs) is "
+        "kept once its outcome is recorded in the status; Jobs are deleted with the benchmark "
+        "in any case."
+    )
+
+
 class BenchmarkSpec(ConfigModel):
     """What to measure: datasets, synthetic sources, arms, seeds, backbone and schedule."""
 
@@ -99,7 +198,25 @@ class BenchmarkSpec(ConfigModel):
         description="Few-shot study: real labels per class k (e.g. [2, 3, 5]); real and every "
         "synthetic arm are trained at each k with nested subsets.",
     )
-    parallelism: int = Field(1, ge=1, le=10_000, description="Units running at once at most.")
+    parallelism: int = Field(
+        1, ge=1, le=10_000, description="Units running at once at most (on a cluster: Jobs, "
+        "each running one unit or a pack of seedsPerJob seeds)."
+    )
+    seeds_per_job: int = Field(
+        1, ge=1, le=100, description="Seed packing: train units of the same dataset, arm and "
+        "k run this many seeds, in seed order, in one Job (one process, one model load), to "
+        "save pod start-up and data loading on small units."
+    )
+    min_pairs: int = Field(
+        RECOMMENDED_MIN_SEEDS, ge=2, le=1000, description="Fewest seed pairs (arm vs real) a "
+        "dataset needs for the benchmark to succeed when units fail; capped at seeds. Below "
+        "it the benchmark ends Failed, at or above it Succeeded (Degraded when pairs are "
+        "missing). Default: 7, the report's minimum."
+    )
+    jobs: JobsSpec = Field(
+        default_factory=JobsSpec,
+        description="Kubernetes Jobs: image, resources, scheduling, retries (cluster only).",
+    )
     suspend: bool = Field(
         False,
         description="Pause the benchmark: no new unit is started; running units finish. "
@@ -189,6 +306,11 @@ class BenchmarkSpec(ConfigModel):
             return [REAL_ARM, *[a for a in self.arms if a != REAL_ARM]]
         sources = [s.name for s in self.synthetic]
         return [REAL_ARM, *([PLACEBO_ARM] if sources else []), *sources]
+
+    @property
+    def effective_min_pairs(self) -> int:
+        """Pairs a dataset needs: minPairs, but never more than the seeds asked for."""
+        return min(self.min_pairs, self.seeds)
 
     @property
     def placebo_source(self) -> str | None:
@@ -337,6 +459,29 @@ def spec_warnings(benchmark: ScarceBenchmark) -> list[str]:
             f"{RECOMMENDED_MIN_SEEDS}; paired comparisons will be weak"
         )
     return warnings
+
+
+def cluster_problems(benchmark: ScarceBenchmark) -> list[str]:
+    """What a valid spec cannot do on a cluster, as ``path: problem, got value`` lines.
+
+    A relative path means "next to the spec file" for `scarce run`; a cluster has no spec
+    file, so every location must be absolute (s3://, or file:/// for a volume mounted at the
+    same path in every pod).
+    """
+    spec = benchmark.spec
+    locations = [("spec.storage.uri", spec.storage.uri)]
+    locations += [(f"spec.datasets[{i}].source", d.source) for i, d in enumerate(spec.datasets)]
+    locations += [
+        (f"spec.synthetic[{i}].uri", s.uri) for i, s in enumerate(spec.synthetic) if s.uri
+    ]
+    if spec.model.weights_uri:
+        locations.append(("spec.model.weightsUri", spec.model.weights_uri))
+    return [
+        f"{path}: a relative path has no meaning on a cluster; use s3://bucket/prefix (or "
+        f"file:///absolute/path on a volume every pod mounts), got {_shown(value)}"
+        for path, value in locations
+        if not value.startswith(("s3://", "file:///"))
+    ]
 
 
 def load_spec(path: Path) -> ScarceBenchmark:

@@ -14,6 +14,7 @@ from scarce.trainer.datasets import DatasetError
 from scarce.trainer.splits import SplitIntegrityError
 from scarce.trainer.store import (
     BucketNotFound,
+    CorruptObjectError,
     IntegrityError,
     ObjectNotFound,
     Store,
@@ -66,7 +67,7 @@ def existing_result(store: Store, unit: WorkUnit) -> dict[str, Any] | None:
         result = store.get_json(unit.result_key)
     except ObjectNotFound:
         return None
-    except IntegrityError:
+    except (IntegrityError, CorruptObjectError):
         return None  # a corrupt result is redone, never trusted
     if not isinstance(result, dict) or result.get("configHash") != unit.config_hash():
         return None
@@ -78,9 +79,13 @@ def run_unit(unit: WorkUnit, *, device: str = "cpu", force: bool = False) -> tup
     store = open_store(unit.storage.uri, endpoint=unit.storage.endpoint, secure=unit.storage.secure)
     if unit.stage == "reduce":
         # Always rerun: results may have been added since; the report is a pure function of them.
+        from scarce.trainer.cluster_status import publish_from_env
         from scarce.trainer.reduce import run_reduce_unit
 
-        return run_reduce_unit(unit, store), False
+        report = run_reduce_unit(unit, store)
+        # In a cluster reducer Job: the summary goes to the benchmark's status too.
+        publish_from_env(report, unit.storage.uri, unit.benchmark)
+        return report, False
     if not force:
         found = existing_result(store, unit)
         if found is not None:
