@@ -171,7 +171,12 @@ class LocalExecutor:
             self._run_stage("fidelity", [u for u in bound if u.stage == "fidelity"], pool,
                             outcome)
             if digests and self.plan.reduce_enabled:
-                self._run_stage("reduce", [self.plan.reduce], pool, outcome)
+                # A dataset whose split failed has nothing to reduce; the others still report
+                # (the operator's rule too).
+                reduce = self.plan.reduce.model_copy(update={"datasets": [
+                    d for d in self.plan.reduce.datasets if d.name in digests
+                ]})
+                self._run_stage("reduce", [reduce], pool, outcome)
                 store = open_store(store_uri.uri, endpoint=store_uri.endpoint)
                 outcome.report = store.get_json(self.plan.reduce.result_key)
         except KeyboardInterrupt:

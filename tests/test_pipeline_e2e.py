@@ -234,6 +234,20 @@ def test_trainer_refuses_a_shard_corrupted_on_disk(demo_run, tmp_path):
     assert not (copy / unit.result_key).exists()
 
 
+def test_a_failed_split_fails_its_dataset_and_the_others_still_report(demo_data, tmp_path):
+    document = demo_document(demo_data, str(tmp_path / "store"), seeds=2)
+    good = document["spec"]["datasets"][0]
+    document["spec"]["datasets"].append(
+        {**good, "name": "missing", "source": str(tmp_path / "no-such-folder")}
+    )
+    outcome, plan = run_document(document, tmp_path)
+    failed = set(outcome.failed)
+    assert "split/missing" in failed
+    assert {k.split("/")[1] for k in failed} == {"missing"}, failed  # only that dataset's units
+    assert outcome.report is not None
+    assert [d["dataset"] for d in outcome.report["datasets"]] == ["surfaces"]
+
+
 def test_interrupted_run_keeps_only_whole_results_and_resumes(demo_data, tmp_path):
     store = tmp_path / "store"
     document = demo_document(demo_data, str(store), schedule={**FAST_SCHEDULE, "epochs": 4})
