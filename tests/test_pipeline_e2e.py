@@ -240,7 +240,7 @@ def test_a_failed_split_fails_its_dataset_and_the_others_still_report(demo_data,
     document["spec"]["datasets"].append(
         {**good, "name": "missing", "source": str(tmp_path / "no-such-folder")}
     )
-    outcome, plan = run_document(document, tmp_path)
+    outcome, _ = run_document(document, tmp_path)
     failed = set(outcome.failed)
     assert "split/missing" in failed
     assert {k.split("/")[1] for k in failed} == {"missing"}, failed  # only that dataset's units
