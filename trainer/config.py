@@ -59,7 +59,9 @@ class ConfigModel(BaseModel):
 
 def check_name(value: str) -> str:
     """Validate a DNS-label-like name used in object keys and Kubernetes labels."""
-    if not _NAME_RE.match(value):
+    # fullmatch, not match: '$' also matches before a final newline, so match() let
+    # 'bench\n' through into object keys, Job names and labels.
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(
             "must be 1-40 lowercase letters, digits or '-', starting and ending "
             f"with a letter or digit, got {value!r}"
@@ -68,7 +70,22 @@ def check_name(value: str) -> str:
 
 
 def check_uri(value: str) -> str:
-    """Validate a data location: file:///abs, s3://bucket[/prefix] or a plain path."""
+    """Validate a data location: file:///abs, s3://bucket[/prefix] or a plain path.
+
+    Control characters (NUL, newline ...) are refused: no folder or bucket key holds them, and
+    a NUL makes every path function raise. ``~`` and ``~/...`` name the home folder of the user
+    running SCARCE; ``~name/...`` (another user's home) is refused, because whether that user
+    exists depends on the machine the spec is read on.
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(
+            f"must not contain control characters (NUL, newline ...), got {value!r}"
+        )
+    if value.startswith("~") and value != "~" and not value.startswith("~/"):
+        raise ValueError(
+            "must be file:///absolute/path, s3://bucket/prefix or a path (~name, another "
+            f"user's home folder, is not supported), got {value!r}"
+        )
     if "://" in value and not value.startswith(("file:///", "s3://")):
         raise ValueError(
             f"must be file:///absolute/path, s3://bucket/prefix or a path, got {value!r}"

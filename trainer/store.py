@@ -14,7 +14,8 @@ not ``ab/z``.
 
 Integrity: every put records the sha256 of the bytes written; every get checks it when one is
 recorded and raises :class:`IntegrityError` on a mismatch. Objects written by other tools carry
-no record and are returned unverified.
+no record and are returned unverified. ``get_json`` of bytes that are not JSON raises
+:class:`CorruptObjectError` (a ValueError: permanent) with the sha256 found and the one recorded.
 
 File backend
     A put writes a temporary file ``.<name>.<random>.scarce-tmp`` in the target folder, fsyncs
@@ -28,6 +29,10 @@ File backend
     ``.scarce-sha256`` and names ending in ``.scarce-tmp`` are reserved: :func:`safe_key`
     rejects them and ``list()`` never returns them, so a temporary file left by a crash is never
     taken for an object. Reads (get, exists, list) write nothing, so read-only folders work.
+    Reads never follow a symlink out of the root: getting an object whose path leads outside
+    it through a link, or listing a folder that holds a linked folder leading outside, raises
+    UnsafeKeyError naming the link and its target (links that stay inside are read as usual,
+    though linked folders are not descended into).
     A write creates the root folder if needed; a read of a missing root raises BucketNotFound.
     ``content_type`` is ignored by this backend. Unlike S3, a folder cannot also be an object,
     so ``a`` and ``a/b`` cannot both exist. ``file://`` URIs are taken literally (no
@@ -74,6 +79,7 @@ from minio.helpers import check_bucket_name
 
 __all__ = [
     "BucketNotFound",
+    "CorruptObjectError",
     "FileStore",
     "IntegrityError",
     "ObjectNotFound",
@@ -110,6 +116,10 @@ class BucketNotFound(StoreError):
 
 class IntegrityError(StoreError):
     """The bytes read do not match the sha256 recorded when they were written."""
+
+
+class CorruptObjectError(StoreError, ValueError):
+    """An object's bytes are not what the reader needs (e.g. not JSON); a retry cannot help."""
 
 
 class TransientStoreError(StoreError):
@@ -232,12 +242,22 @@ class Store(abc.ABC):
         return self.put_bytes(key, text.encode("utf-8"), content_type="application/json")
 
     def get_json(self, key: str) -> Any:
-        """Read and parse a JSON object (verified like :meth:`get_bytes`)."""
+        """Read and parse a JSON object (verified like :meth:`get_bytes`).
+
+        Raises :class:`CorruptObjectError` (permanent: the same bytes come back on a retry)
+        naming the key, the sha256 found and the one recorded, when the bytes are not JSON.
+        """
         data = self.get_bytes(key)
         try:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{self.uri}: object '{key}' is not valid JSON: {exc}") from exc
+            recorded = self.recorded_sha256(key)
+            raise CorruptObjectError(
+                f"{self.uri}: object '{key}' is not valid JSON ({exc}); found sha256 "
+                f"{hashlib.sha256(data).hexdigest()}, "
+                + (f"expected {recorded} (recorded when written)" if recorded
+                   else "no sha256 recorded (written by another tool)")
+            ) from exc
 
     def _key(self, key: str) -> str:
         try:
@@ -404,9 +424,22 @@ class FileStore(Store):
             ) from exc
         return text.strip()
 
+    def _inside_root(self, key: str, path: Path) -> None:
+        """Refuse ``path`` (of ``key``, or a folder being listed) when a symlink on the way
+        leads outside the root: a dataset folder must not read whatever a link points to."""
+        # realpath, not Path.resolve(): a symlink loop must fail later as an unreadable
+        # object (StoreError), not here as a RuntimeError.
+        real, root = Path(os.path.realpath(path)), Path(os.path.realpath(self.root))
+        if real != root and not real.is_relative_to(root):
+            raise UnsafeKeyError(
+                f"{self.uri}: '{key}' is a symlink (or lies under one) that leads outside the "
+                f"store root, to {real}; refusing to read it"
+            )
+
     def _open_object(self, key: str) -> IO[bytes]:
         self._require_root(key)
         path = self.root / key
+        self._inside_root(key, path)
         try:
             return open(path, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -460,9 +493,16 @@ class FileStore(Store):
         self._require_root(prefix)
         base = self.root / prefix if prefix else self.root
         keys: builtins.list[str] = []
+        self._inside_root(prefix or ".", base)
         for folder, dirs, files in os.walk(base):
             dirs[:] = [d for d in dirs if d != SIDECAR_DIR]
             rel = Path(folder).relative_to(self.root).as_posix()
+            for name in dirs:
+                # os.walk does not descend into linked folders; one that leaves the root is
+                # an error (a class folder linked elsewhere must not vanish silently).
+                if os.path.islink(os.path.join(folder, name)):
+                    self._inside_root(name if rel == "." else f"{rel}/{name}",
+                                      Path(folder, name))
             for name in files:
                 key = name if rel == "." else f"{rel}/{name}"
                 if _unsafe_reason(key) is None:

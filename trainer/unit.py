@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from scarce.trainer.config import (
     ConfigModel,
@@ -22,6 +22,7 @@ from scarce.trainer.config import (
     ScheduleConfig,
     SyntheticConfig,
     VerdictConfig,
+    check_name,
 )
 
 Stage = Literal["split", "pilot", "train", "fidelity", "reduce"]
@@ -66,6 +67,14 @@ class WorkUnit(ConfigModel):
     verdict: VerdictConfig = Field(default_factory=VerdictConfig)
     few_shot: list[int] = Field(default_factory=list, description="Few-shot k (reduce stage).")
     threads: int | None = Field(None, description="CPU threads for torch; None = torch default.")
+
+    @field_validator("benchmark", "arm", "placebo_source")
+    @classmethod
+    def _key_safe_name(cls, value: str | None) -> str | None:
+        # These go into object keys (results/<benchmark>/<dataset>/<arm>/...): a unit handed
+        # to the trainer by hand or by another tool must not point a key at another
+        # benchmark's prefix, just as the spec's names cannot.
+        return None if value is None else check_name(value)
 
     @property
     def dataset(self) -> DatasetConfig:
