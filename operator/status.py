@@ -177,48 +177,69 @@ class TrainKey:
     seed: int
 
 
+_Comparison = tuple[str, str, int | None]
+
+
+def _by_comparison(outcomes: Mapping[TrainKey, str]) -> dict[_Comparison, dict[int, str]]:
+    """Outcomes grouped by (dataset, arm, k), as seed -> state, in one pass: pairing then
+    costs O(units) for a whole benchmark, where a scan of every outcome per comparison
+    grew with datasets x units."""
+    groups: dict[_Comparison, dict[int, str]] = {}
+    for key, state in outcomes.items():
+        groups.setdefault((key.dataset, key.arm, key.k), {})[key.seed] = state
+    return groups
+
+
+def _pairing(groups: Mapping[_Comparison, Mapping[int, str]], dataset: str, arm: str,
+             k: int | None, baseline: str) -> tuple[list[int], list[int]]:
+    ours = groups.get((dataset, arm, k), {})
+    theirs = groups.get((dataset, baseline, k), {})
+    paired, missing = [], []
+    for seed in sorted(ours.keys() | theirs.keys()):
+        both = ours.get(seed) == SUCCEEDED and theirs.get(seed) == SUCCEEDED
+        (paired if both else missing).append(seed)
+    return paired, missing
+
+
 def paired_seeds(
     outcomes: Mapping[TrainKey, str], dataset: str, arm: str, k: int | None,
     baseline: str = "real",
 ) -> tuple[list[int], list[int]]:
     """(seeds paired, seeds missing) of `arm` vs `baseline` in a dataset at one k."""
-    seeds = sorted({t.seed for t in outcomes if t.dataset == dataset and t.k == k
-                    and t.arm in (arm, baseline)})
-    paired, missing = [], []
-    for seed in seeds:
-        both = (outcomes.get(TrainKey(dataset, arm, k, seed)) == SUCCEEDED
-                and outcomes.get(TrainKey(dataset, baseline, k, seed)) == SUCCEEDED)
-        (paired if both else missing).append(seed)
-    return paired, missing
+    return _pairing(_by_comparison(outcomes), dataset, arm, k, baseline)
 
 
 def pairs_by_dataset(outcomes: Mapping[TrainKey, str], baseline: str = "real") -> dict[str, int]:
     """Per dataset, the fewest seed pairs of any arm vs real on the whole training pool (the
     headline comparison); a dataset with only the real arm counts its successful seeds."""
+    groups = _by_comparison(outcomes)
+    arms: dict[str, set[str]] = {}
+    for dataset, arm, k in groups:
+        names = arms.setdefault(dataset, set())
+        if k is None:
+            names.add(arm)
     out = {}
-    for dataset in sorted({t.dataset for t in outcomes}):
-        arms = sorted({t.arm for t in outcomes if t.dataset == dataset and t.k is None})
-        others = [a for a in arms if a != baseline]
+    for dataset in sorted(arms):
+        others = sorted(a for a in arms[dataset] if a != baseline)
         if others:
-            out[dataset] = min(len(paired_seeds(outcomes, dataset, a, None, baseline)[0])
+            out[dataset] = min(len(_pairing(groups, dataset, a, None, baseline)[0])
                                for a in others)
         else:
-            out[dataset] = sum(1 for t, s in outcomes.items()
-                               if t.dataset == dataset and t.k is None and s == SUCCEEDED)
+            out[dataset] = sum(1 for state in groups.get((dataset, baseline, None), {}).values()
+                               if state == SUCCEEDED)
     return out
 
 
 def missing_pairs(outcomes: Mapping[TrainKey, str], baseline: str = "real") -> list[str]:
     """Every comparison with missing seed pairs, e.g. ``surfaces vendor vs real (kfull): seeds
     3, 5``, for finished units only (a pending unit is not missing yet)."""
+    groups = _by_comparison(outcomes)
     lines = []
-    groups = sorted({(t.dataset, t.arm, t.k) for t in outcomes if t.arm != baseline},
-                    key=lambda g: (g[0], g[1], -1 if g[2] is None else g[2]))
-    for dataset, arm, k in groups:
-        _, missing = paired_seeds(outcomes, dataset, arm, k, baseline)
-        failed = [s for s in missing if FAILED in (
-            outcomes.get(TrainKey(dataset, arm, k, s)),
-            outcomes.get(TrainKey(dataset, baseline, k, s)))]
+    for dataset, arm, k in sorted((g for g in groups if g[1] != baseline),
+                                  key=lambda g: (g[0], g[1], -1 if g[2] is None else g[2])):
+        ours, theirs = groups[dataset, arm, k], groups.get((dataset, baseline, k), {})
+        _, missing = _pairing(groups, dataset, arm, k, baseline)
+        failed = [s for s in missing if FAILED in (ours.get(s), theirs.get(s))]
         if failed:
             label = "kfull" if k is None else f"k{k}"
             lines.append(f"{dataset} {arm} vs {baseline} ({label}): seeds "

@@ -271,8 +271,11 @@ async def test_train_jobs_never_exceed_parallelism_and_the_benchmark_succeeds(
     await until(lambda: all("ttlSecondsAfterFinished" in j["spec"]
                             for j in jobs_of(k8s, "b2").values()), "TTLs on finished Jobs")
     # The operator's metrics follow the benchmark (and its reducer summary).
+    # (the handler updates them after its patches, so wait rather than read at once)
     sample = metrics.REGISTRY.get_sample_value
-    assert sample("scarce_units", {"namespace": NS, "benchmark": "b2", "state": "succeeded"}) == 9
+    await until(lambda: sample("scarce_units", {"namespace": NS, "benchmark": "b2",
+                                                "state": "succeeded"}) == 9,
+                "scarce_units{state=succeeded} == 9")
     assert sample("scarce_paired_z", {"namespace": NS, "benchmark": "b2", "dataset": "tiles",
                                       "arm": "vendor", "baseline": "real"}) == 4.1
     # Events are posted last, after the status and the Jobs.
