@@ -510,8 +510,11 @@ OPERATOR_NAMESPACED = {
     *{("scarce.dev", "scarcebenchmarks/status", v) for v in ("get", "patch", "update")},
     *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
 }
-CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions", v)
-                 for v in ("list", "watch")}
+#: kopf's discovery, in either scope: CRDs, and namespaces to match its --namespace patterns
+#: (without them kopf retries for a minute at start-up; tests/test_cluster_userpath.py).
+CRD_DISCOVERY = {(group, resource, v) for group, resource in (
+    ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"))
+    for v in ("list", "watch")}
 
 
 def test_operator_rbac_in_namespaced_scope(default_objects):
@@ -530,7 +533,6 @@ def test_operator_rbac_in_namespaced_scope(default_objects):
 def test_operator_rbac_in_cluster_scope_with_standby(all_objects):
     role = named(all_objects, "ClusterRole", "scarce")
     expected = OPERATOR_NAMESPACED | CRD_DISCOVERY | {
-        ("", "namespaces", "list"), ("", "namespaces", "watch"),
         *{("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")},
     }
     assert flatten(role["rules"]) == expected

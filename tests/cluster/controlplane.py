@@ -60,6 +60,16 @@ CONTROLLERS = (
     "replicaset-controller",
 )
 SA_ISSUER = "https://kubernetes.default.svc"
+#: Audit policy: every write (who, verb, object, response code) to ``logs/audit.jsonl``, one JSON
+#: event per line; reads are left out. Tests read it to prove which identity did what.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    verbs: [get, list, watch]
+  - level: Metadata
+"""
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kubelet")
 
 
@@ -174,6 +184,14 @@ class ControlPlane:
                 f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stdout}"
                 f"\n{result.stderr}")
         return result
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The API server's audit events so far: every write (not get, list or watch), with
+        ``user.username``, ``verb``, ``objectRef`` and ``responseStatus.code``."""
+        path = self.logs / "audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         """What a container run by the kubelet stand-in printed (its log file)."""
@@ -338,6 +356,7 @@ def _start(s: _Starter, kubelet: bool, kubelet_args: Sequence[str], timeout: flo
     (pki / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
     (pki / "tokens.csv").chmod(0o600)
     _write_sa_key(pki / "sa.key")
+    (pki / "audit-policy.yaml").write_text(AUDIT_POLICY)
     ca_file = pki / "apiserver.crt"   # written by the apiserver: its serving cert + its CA
     kubeconfig = s.dir / "admin.kubeconfig"
     s.state.update(api_url=api_url, etcd_url=etcd_url, token=token, ca_file=str(ca_file),
@@ -365,6 +384,9 @@ def _start(s: _Starter, kubelet: bool, kubelet_args: Sequence[str], timeout: flo
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--authorization-mode=RBAC",
         f"--token-auth-file={pki / 'tokens.csv'}",
+        f"--audit-policy-file={pki / 'audit-policy.yaml'}",
+        f"--audit-log-path={s.logs / 'audit.jsonl'}",
+        "--audit-log-mode=blocking",
         "--profiling=false",
         "--v=1",
     ])

@@ -879,7 +879,11 @@ class Kubelet:
             c.next_start = time.monotonic() + 1.0
             return
         mapping = self._path_map(run, c)
-        env = {k: self._rewrite(v, mapping) for k, v in env.items()}
+        # Values the stand-in set itself (HOME, KUBECONFIG, the node cache) are local paths
+        # already: with the state folder under /tmp, rewriting a /tmp mount would break them.
+        local = str(self.state_dir.resolve()) + os.sep
+        env = {k: v if v.startswith(local) else self._rewrite(v, mapping)
+               for k, v in env.items()}
         argv = [self._rewrite(expand(a, env), mapping)
                 for a in (c.spec.get("command") or []) + (c.spec.get("args") or [])]
         log_path = run.folder / f"{c.name}.log"
