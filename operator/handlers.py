@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from scarce.operator import metrics
 from scarce.operator.crd import GROUP, PLURAL, VERSION
-from scarce.operator.jobs import LABEL_BENCHMARK, JobSettings, Owner, ttl_patch
+from scarce.operator.jobs import LABEL_BENCHMARK, JobSettings, Owner, pod_problems, ttl_patch
 from scarce.operator.plan import Plan, plan_benchmark
 from scarce.operator.reconcile import Decision, invalid_spec, reconcile
 from scarce.operator.spec import API_VERSION, KIND, SpecError, cluster_problems, validate_document
@@ -245,7 +245,7 @@ def _decide(body: Mapping[str, Any], owner: Owner, runtime: Runtime) -> Decision
                 "metadata": {"name": owner.name, "namespace": owner.namespace}}
     try:
         benchmark = validate_document(document)
-        problems = cluster_problems(benchmark)
+        problems = cluster_problems(benchmark) + pod_problems(benchmark.spec.jobs)
         if problems:
             raise SpecError(problems)
     except SpecError as error:

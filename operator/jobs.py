@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -370,6 +371,67 @@ def build_job(
         },
         "spec": spec,
     }
+
+
+# --- what the apiserver refuses ---------------------------------------------------------------
+
+# The spec model and the CRD take any text in jobs.nodeSelector and jobs.tolerations; the
+# apiserver refuses a Job whose pods break its rules (k8s.io/apimachinery IsQualifiedName,
+# IsValidLabelValue; core ValidateTolerations). Such a Job would fail every reconcile, after
+# startedAt has frozen the spec, so the operator refuses the spec instead.
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_KEY = ("must be a label key: 1-63 letters, digits, '-', '_' or '.', starting and ending "
+              "with a letter or digit, after an optional DNS subdomain and '/'")
+_LABEL_VALUE = ("must be a label value: at most 63 letters, digits, '-', '_' or '.', starting "
+                "and ending with a letter or digit")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    return len(name) <= 63 and bool(_LABEL_NAME.fullmatch(name)) and (
+        not slash or (len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.fullmatch(prefix))))
+
+
+def _is_label_value(value: str) -> bool:
+    return not value or (len(value) <= 63 and bool(_LABEL_NAME.fullmatch(value)))
+
+
+def pod_problems(jobs: JobsSpec, where: str = "spec.jobs") -> list[str]:
+    """What the apiserver would refuse in the pods built from `jobs`, as ``path: problem, got
+    value`` lines; empty when it takes them."""
+    problems = []
+    for key, value in (jobs.node_selector or {}).items():
+        if not _is_label_key(key):
+            problems.append(f"{where}.nodeSelector: {_LABEL_KEY}, got key {_shown(key)}")
+        if not _is_label_value(value):
+            problems.append(f"{where}.nodeSelector.{key}: {_LABEL_VALUE}, got {_shown(value)}")
+    for i, toleration in enumerate(jobs.tolerations or []):
+        path = f"{where}.tolerations[{i}]"
+        key, value = toleration.key or "", toleration.value or ""
+        operator = toleration.operator or "Equal"
+        if key and not _is_label_key(key):
+            problems.append(f"{path}.key: {_LABEL_KEY}, got {_shown(key)}")
+        if not key and operator != "Exists":
+            problems.append(f"{path}.operator: must be Exists when key is empty (it tolerates "
+                            f"every taint), got {toleration.operator or 'none (Equal)'}")
+        if operator == "Exists" and value:
+            problems.append(f"{path}.value: must be empty with operator Exists, got "
+                            f"{_shown(value)}")
+        if operator == "Equal" and not _is_label_value(value):
+            problems.append(f"{path}.value: {_LABEL_VALUE}, got {_shown(value)}")
+        if toleration.toleration_seconds is not None and toleration.effect != "NoExecute":
+            problems.append(f"{path}.tolerationSeconds: needs effect NoExecute, got effect "
+                            f"{toleration.effect}")
+    if jobs.image and jobs.image != jobs.image.strip():
+        problems.append(f"{where}.image: must not begin or end with whitespace, got "
+                        f"{_shown(jobs.image)}")
+    return problems
 
 
 def ttl_patch(seconds: int) -> dict[str, Any]:
