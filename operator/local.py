@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from scarce.operator.plan import Plan, bind_digests
 from scarce.trainer.config import PLACEBO_ARM
-from scarce.trainer.store import open_store
+from scarce.trainer.store import TEMP_SUFFIX, open_store
 from scarce.trainer.unit import WorkUnit
 
 ProgressCallback = Callable[[str, dict[str, Any]], None]
@@ -151,6 +151,7 @@ class LocalExecutor:
             if store_uri.uri.startswith("file://"):
                 # A local store is just a folder: make it, as `mkdir -p` would.
                 Path(store_uri.uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+                _remove_temp_files(store_uri.uri)  # left by a run killed mid-write
             self._run_stage("split", self.plan.split, pool, outcome)
             digests, refused = self._split_digests(store_uri.uri, store_uri.endpoint, outcome)
             pending = self.plan.pilot + self.plan.train + self.plan.fidelity
@@ -184,6 +185,8 @@ class LocalExecutor:
             for worker in pool:
                 worker.stop(kill=True)
             pool = []
+            # A worker killed mid-write leaves its temporary file (never a visible object).
+            _remove_temp_files(self.plan.reduce.storage.uri)
             raise ExecutorInterrupted(
                 f"interrupted: {outcome.count('done')} unit(s) finished and kept; run the same "
                 "command again to resume"
@@ -258,6 +261,19 @@ def _refused_source(unit: WorkUnit, refused: dict[tuple[str, str], str]) -> str 
         error = refused.get((unit.dataset.name, unit.placebo_source or ""))
         return error and f"the placebo arm copies the counts of a refused source: {error}"
     return refused.get((unit.dataset.name, unit.arm or ""))
+
+
+def _remove_temp_files(store_uri: str) -> None:
+    """Delete the temporary files of unfinished writes in a local store.
+
+    Only this executor writes to the store while it runs, so any temporary file there belongs
+    to a write that will never finish.
+    """
+    if not store_uri.startswith("file://"):
+        return
+    root = Path(store_uri.removeprefix("file://"))
+    for path in root.rglob(f"*{TEMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

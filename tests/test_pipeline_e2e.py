@@ -254,9 +254,12 @@ def test_interrupted_run_keeps_only_whole_results_and_resumes(demo_data, tmp_pat
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(document))
     scarce = [sys.executable, "-m", "scarce.operator.cli"]
+    # A shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C
+    # handler: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen(
         [*scarce, "run", str(spec_file), "--workers", "2", "--log-dir", str(tmp_path / "logs")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180
     results = store / "results" / "demo" / "surfaces"
