@@ -24,15 +24,14 @@ import kmock as kmock_lib
 import kopf
 import kubernetes
 import pytest
-import yaml
 from kopf.testing import KopfRunner
 
 from scarce.operator import metrics
 from scarce.operator.jobs import LABEL_BENCHMARK
 from scarce.trainer.cluster_status import publish
 from scarce.trainer.store import open_store
+from tests.kmock_cluster import BENCHMARKS, serve_benchmarks
 
-BENCHMARKS = "scarce.dev/v1alpha1/scarcebenchmarks"
 JOBS = "batch/v1/jobs"
 EVENTS = "v1/events"
 NS = "default"
@@ -45,22 +44,7 @@ NS = "default"
 async def k8s(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """kmock serving the ScarceBenchmark resource and the built-in ones, with a kubeconfig
     pointing at it (for kopf's login and the operator's own client)."""
-    kmock.resources.load_bundled()
-    kmock.resources[BENCHMARKS] = kmock_lib.ResourceInfo(
-        kind="ScarceBenchmark", namespaced=True, subresources={"status"},
-        verbs={"list", "watch", "patch", "get", "create", "delete", "update"})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "kmock", "user": {"token": "test"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock",
-                                                   "namespace": NS}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    # kubernetes reads $KUBECONFIG once, at import (test-infra-notes.md, kmock note 13).
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kubeconfig))
+    serve_benchmarks(kmock, tmp_path, monkeypatch, NS)
     monkeypatch.setenv("SCARCE_METRICS_PORT", "0")
     # Read when kopf first imports the handlers: resync often, so a lost event costs little.
     monkeypatch.setenv("SCARCE_RECONCILE_INTERVAL", "0.5")

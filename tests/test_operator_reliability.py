@@ -57,7 +57,6 @@ import kmock as kmock_lib
 import kubernetes
 import numpy as np
 import pytest
-import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -69,9 +68,9 @@ from scarce.trainer import cli as trainer_cli
 from scarce.trainer.shards import pack_shard
 from scarce.trainer.splits import role_counts
 from scarce.trainer.unit import WorkUnit, shard_name, split_prefix
+from tests.kmock_cluster import BENCHMARKS, serve_benchmarks
 from tests.s3server import S3Server
 
-BENCHMARKS = "scarce.dev/v1alpha1/scarcebenchmarks"
 JOBS = "batch/v1/jobs"
 EVENTS = "v1/events"
 SECRETS = "v1/secrets"
@@ -102,23 +101,7 @@ STARTED, ENDED = "2026-03-01T12:00:00Z", "2026-03-01T12:05:00Z"
 async def k8s(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """kmock serving ScarceBenchmarks and the built-in resources, a kubeconfig pointing at it
     (for the operator subprocess and the in-process reducer), and the store Secret."""
-    kmock.resources.load_bundled()
-    kmock.resources[BENCHMARKS] = kmock_lib.ResourceInfo(
-        kind="ScarceBenchmark", namespaced=True, subresources={"status"},
-        verbs={"list", "watch", "patch", "get", "create", "delete", "update"})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "kmock", "user": {"token": "test"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock",
-                                                   "namespace": NS}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    # kubernetes reads $KUBECONFIG once, at import (test-infra-notes.md, kmock note 13); the
-    # in-process reducer loads its config from there.
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kubeconfig))
+    serve_benchmarks(kmock, tmp_path, monkeypatch, NS)
     # The reducer's load_kube_config() sets the client's process-wide default: restore it.
     monkeypatch.setattr(kubernetes.client.Configuration, "_default",
                         kubernetes.client.Configuration._default)
